@@ -1,0 +1,96 @@
+"""The Trainer's input pipeline: raw image tf.Examples -> Transform graph -> (image, label).
+
+Transform runs with `materialize=False`, so the Trainer reads the raw ExampleGen output
+and maps the Transform graph (tft_layer) over batches. Records whose image does not decode
+are dropped (and counted in the log) instead of failing training halfway.
+Augmentation (flip, small crop, brightness) applies to the training split only, after
+the Transform graph, scaled to the backbone's value range.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components import transform
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _files(patterns) -> list[str]:
+    files = []
+    for pattern in patterns:
+        files.extend(sorted(tf.io.gfile.glob(pattern)))
+    if not files:
+        raise ValueError("no example files match %s" % list(patterns))
+    return files
+
+
+def raw_spec(tf_transform_output, custom_config) -> dict:
+    """The raw feature spec of the image and label features only."""
+    spec = tf_transform_output.raw_feature_spec()
+    keys = [custom_config["image_key"], custom_config["label_key"]]
+    missing = [k for k in keys if k not in spec]
+    if missing:
+        raise ValueError("features %s are not in the schema (present: %s); set image_key/"
+                         "label_key to match your TFRecords" % (missing, sorted(spec)))
+    return {k: spec[k] for k in keys}
+
+
+def _decodes(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Raises inside tf.data (so ignore_errors drops the record) if the image is bad."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    return tf.shape(image)[0]
+
+
+def make_dataset(file_patterns, tf_transform_output, custom_config, batch_size: int,
+                 training: bool, value_range=(0.0, 255.0), repeat: bool = False,
+                 cache: bool = True) -> tf.data.Dataset:
+    """Batches of (transformed image float32 [B,S,S,3], label int64 [B])."""
+    spec = raw_spec(tf_transform_output, custom_config)
+    image_key, label_key = custom_config["image_key"], custom_config["label_key"]
+    num_classes = len(custom_config["label_names"])
+    ds = tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP",
+                                 num_parallel_reads=AUTOTUNE)
+    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE)
+
+    def check(features):
+        img = tf.reshape(features[image_key], [-1])[0]
+        tf.debugging.assert_positive(_decodes(img), message="image does not decode")
+        label = tf.reshape(features[label_key], [-1])[0]
+        tf.debugging.assert_non_negative(label, message="label < 0")
+        tf.debugging.assert_less(label, tf.cast(num_classes, label.dtype),
+                                 message="label outside the vocabulary")
+        return features
+
+    ds = ds.map(check, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache()  # raw bytes only: small, and the decode check runs once
+    if training:
+        ds = ds.shuffle(2048, seed=custom_config.get("seed", 42), reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size)
+    tft_layer = tf_transform_output.transform_features_layer()
+
+    def apply_transform(features):
+        out = tft_layer(features)
+        return out[transform.IMAGE_XF], tf.reshape(features[label_key], [-1])
+
+    ds = ds.map(apply_transform, num_parallel_calls=AUTOTUNE)
+    if training and custom_config.get("augment", True):
+        ds = ds.map(lambda x, y: (augment(x, value_range, custom_config.get("seed", 42)), y),
+                    num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def augment(images: tf.Tensor, value_range=(0.0, 255.0), seed: int = 42) -> tf.Tensor:
+    """Random horizontal flip, crop of 85-100 % resized back, brightness +-10 % of the range."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    size = tf.shape(images)[1:3]
+    images = tf.image.random_flip_left_right(images)
+    frac = tf.random.uniform([], 0.85, 1.0)
+    crop = tf.cast(tf.cast(size, tf.float32) * frac, tf.int32)
+    batch = tf.shape(images)[0]
+    images = tf.image.random_crop(images, tf.concat([[batch], crop, [3]], axis=0))
+    images = tf.image.resize(images, size)
+    delta = tf.random.uniform([batch, 1, 1, 1], -0.1, 0.1) * (hi - lo)
+    return tf.clip_by_value(images + delta, lo, hi)

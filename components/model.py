@@ -1,0 +1,52 @@
+"""The transfer-learning model and its two training phases.
+
+Model: preprocessed image -> backbone (include_top=False, called with training=False so
+BatchNorm always runs in inference mode) -> GlobalAveragePooling2D -> Dense(head_units,
+relu) -> Dropout -> Dense(n, softmax, float32).
+
+Phase 1 trains the head on the frozen base. Phase 2 unfreezes the top `fine_tune_layers`
+layers of the base, keeps every BatchNormalization layer frozen, and trains with a learning
+rate 10-100x lower. Both phases stop early on validation loss and restore the best weights.
+"""
+from __future__ import annotations
+
+import tf_keras
+
+
+def build(backbone, custom_config: dict, image_size: int):
+    """Returns (model, base) with the base frozen (phase 1)."""
+    weights = custom_config.get("weights", "imagenet")
+    if weights in ("", "none", "None", None):
+        weights = None
+    base = backbone.build_base(weights=weights, image_size=image_size)
+    base.trainable = False
+    inputs = tf_keras.Input((image_size, image_size, 3), name="image_xf")
+    x = base(inputs, training=False)
+    x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = tf_keras.layers.Dense(int(custom_config.get("head_units", 128)), activation="relu",
+                              name="head_dense")(x)
+    x = tf_keras.layers.Dropout(float(custom_config.get("dropout", 0.5)), name="head_dropout")(x)
+    outputs = tf_keras.layers.Dense(len(custom_config["label_names"]), activation="softmax",
+                                    dtype="float32", name="probabilities")(x)
+    return tf_keras.Model(inputs, outputs, name="graft_classifier"), base
+
+
+def compile_for(model, learning_rate: float) -> None:
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def unfreeze_top(base, num_layers: int) -> int:
+    """Phase 2: top `num_layers` layers trainable, BatchNorm always frozen. Returns how many
+    layers hold trainable weights afterwards."""
+    base.trainable = True
+    cutoff = max(0, len(base.layers) - int(num_layers))
+    for i, layer in enumerate(base.layers):
+        trainable = i >= cutoff and not isinstance(layer, tf_keras.layers.BatchNormalization)
+        layer.trainable = trainable
+    return sum(1 for layer in base.layers if layer.trainable and layer.trainable_weights)
+
+
+def early_stopping(patience: int):
+    return tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience),
+                                            restore_best_weights=True)

@@ -1,0 +1,62 @@
+"""Serving signatures of the exported SavedModel.
+
+- `serving_default`: raw encoded image bytes `image_bytes` (DT_STRING [None]) ->
+  `probabilities` [None, n], `class_index` int64 [None], `class_name` string [None].
+  Preprocessing is the Transform graph itself (tft_layer), never a re-implementation.
+- `serve_tf_examples`: serialized tf.Example [None] -> `probabilities` (what TFX users and
+  TFMA's Evaluator call).
+- `transform_features`: serialized tf.Example -> the Transform outputs (TFMA preprocessing).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components import transform
+
+SERVING_INPUT = "image_bytes"
+
+
+def _bytes_as_raw_feature(image_bytes: tf.Tensor, spec) -> tf.Tensor:
+    """Shape raw bytes [B] like the raw feature spec says the image feature looks."""
+    shape = list(getattr(spec, "shape", []) or [])
+    if shape == [1]:
+        return tf.reshape(image_bytes, [-1, 1])
+    if isinstance(spec, tf.io.VarLenFeature):
+        dense = tf.reshape(image_bytes, [-1, 1])
+        return tf.sparse.from_dense(dense)
+    return image_bytes
+
+
+def make_signatures(model, tf_transform_output, custom_config: dict) -> dict:
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    image_key, label_key = custom_config["image_key"], custom_config["label_key"]
+    image_spec = raw_spec[image_key]
+    label_names = tf.constant([str(n) for n in custom_config["label_names"]])
+
+    def predict(transformed):
+        return model(transformed[transform.IMAGE_XF], training=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve_image_bytes(image_bytes):
+        raw = {image_key: _bytes_as_raw_feature(image_bytes, image_spec)}
+        probs = predict(model.tft_layer(raw))
+        index = tf.argmax(probs, axis=-1)
+        return {"probabilities": probs, "class_index": index,
+                "class_name": tf.gather(label_names, index)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_tf_examples(serialized):
+        raw = tf.io.parse_example(serialized, {image_key: image_spec})
+        return {"probabilities": predict(model.tft_layer(raw))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(serialized):
+        spec = {k: raw_spec[k] for k in (image_key, label_key)}
+        return model.tft_layer(tf.io.parse_example(serialized, spec))
+
+    return {
+        "serving_default": serve_image_bytes.get_concrete_function(),
+        "serve_tf_examples": serve_tf_examples.get_concrete_function(),
+        "transform_features": transform_features.get_concrete_function(),
+    }

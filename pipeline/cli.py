@@ -1,0 +1,125 @@
+"""`graft` command line: parse arguments, build a config, call the module that does the work.
+
+The CLI holds no logic of its own. Heavy imports (TensorFlow, TFX) happen inside each
+subcommand's handler so that `graft --help` answers instantly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_make_tfrecords(args: argparse.Namespace) -> int:
+    from pipeline.data import make_tfrecords
+    return make_tfrecords.main(args)
+
+
+def _cmd_imagenet_predict(args: argparse.Namespace) -> int:
+    from components.backbones import imagenet_predict
+    return imagenet_predict.main(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import local_runner
+    return local_runner.main(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving import server
+    return server.main(args)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from serving import client
+    return client.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graft",
+        description="Transfer learning from pretrained ImageNet backbones as a TFX pipeline, "
+        "served by TF Serving.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "make-tfrecords",
+        help="convert class folders of images into sharded image TFRecords",
+        description="Convert IMAGES_DIR/<class>/*.jpg|png|... into TFRecords of tf.Example "
+        "(image bytes, int64 label, label text, file name) laid out as "
+        "OUT_DIR/span-N/{train,eval}/*.tfrecord.gz plus OUT_DIR/labels.txt.",
+    )
+    p.add_argument("images_dir", metavar="IMAGES_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--eval-fraction", type=float, default=0.2,
+                   help="fraction of each class held out for evaluation (default 0.2)")
+    p.add_argument("--span", type=int, default=1, help="span number to write (default 1)")
+    p.add_argument("--shards", type=int, default=2, help="shards per split (default 2)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first bad file instead of skipping and counting it")
+    p.set_defaults(func=_cmd_make_tfrecords)
+
+    p = sub.add_parser(
+        "imagenet-predict",
+        help="print the top-5 ImageNet classes of images with a backbone's own head",
+        description="Check that a backbone's weights and preprocessing are right: prints, per "
+        "image, five lines 'INDEX NAME PROBABILITY'.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="backbone name (default efficientnet_lite0, offline)")
+    p.add_argument("--weights", default=None,
+                   help="'imagenet' (default) or a local weights file")
+    p.set_defaults(func=_cmd_imagenet_predict)
+
+    p = sub.add_parser(
+        "run",
+        help="run the TFX pipeline on the local Beam runner",
+        description="ExampleGen -> statistics/schema/validation -> Transform -> Trainer -> "
+        "Evaluator -> Pusher on the local Beam runner. Without --data it trains on an embedded "
+        "offline data set.",
+    )
+    from pipeline import configs
+    configs.add_run_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve pushed models over TF Serving's gRPC API (development server)",
+    )
+    p.add_argument("--model-base-path", required=True, help="SERVING_DIR/MODEL_NAME")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--poll-seconds", type=float, default=2.0,
+                   help="how often to look for a newly pushed version (default 2)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                   help="reject images larger than this many pixels (default 40M)")
+    p.add_argument("--tf-serving", action="store_true",
+                   help="exec the real tensorflow_model_server (must be on PATH)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify images through a TF Serving gRPC endpoint",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT (default 127.0.0.1:8500)")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

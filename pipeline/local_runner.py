@@ -1,0 +1,101 @@
+"""`graft run`: the pipeline on TFX's LocalDagRunner with the Beam DirectRunner.
+
+The runner owns the paths (output dir, pipeline root, SQLite ML Metadata, serving dir),
+prepares the input data (embedded demo set, class folders, or image TFRecords), runs
+create_pipeline() and prints a summary read back from ML Metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+
+from pipeline import configs
+
+COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "components")
+FLOWERS_URL = ("https://storage.googleapis.com/download.tensorflow.org/example_images/"
+               "flower_photos.tgz")
+
+
+def code_version() -> str:
+    """Hash of the component code that TFX does not hash itself (sub-packages of components/,
+    e.g. backbones/): editing it must invalidate the Transform/Trainer cache."""
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(COMPONENTS_DIR)):
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "custom"))
+        if root == COMPONENTS_DIR:
+            continue  # top-level modules are hashed by TFX's user-code wheel
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                h.update(os.path.relpath(path, COMPONENTS_DIR).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _is_tfrecord_dir(path: str) -> bool:
+    return any(name.startswith("span-") for name in os.listdir(path)) or \
+        os.path.exists(os.path.join(path, "labels.txt")) and not _has_class_folders(path)
+
+
+def _has_class_folders(path: str) -> bool:
+    return any(os.path.isdir(os.path.join(path, n)) and not n.startswith("span-")
+               for n in os.listdir(path))
+
+
+def prepare_data(data: str, output_dir: str) -> tuple[str, bool]:
+    """Returns (TFRecords data dir, is_demo)."""
+    from pipeline.data import demo_dataset, make_tfrecords
+    if not data:
+        root = os.path.join(output_dir, "demo-data")
+        return demo_dataset.build(root, per_class=configs.DEMO_PER_CLASS,
+                                  image_size=configs.DEMO_PNG_SIZE), True
+    if data == "flowers":
+        import tensorflow as tf
+        archive = tf.keras.utils.get_file("flower_photos.tgz", FLOWERS_URL, extract=True)
+        data = os.path.join(os.path.dirname(archive), "flower_photos")
+    if not os.path.isdir(data):
+        raise FileNotFoundError("--data %s is not a directory" % data)
+    if _is_tfrecord_dir(data):
+        return data, False
+    out = os.path.join(output_dir, "data", os.path.basename(os.path.normpath(data)))
+    if not os.path.isdir(os.path.join(out, "span-1")):
+        make_tfrecords.convert(data, out)
+    return out, False
+
+
+def run(config: configs.PipelineConfig) -> None:
+    """Compile and run the pipeline in this process."""
+    from tfx import v1 as tfx
+    from pipeline.pipeline import create_pipeline
+    os.makedirs(config.output_dir, exist_ok=True)
+    pipeline = create_pipeline(
+        config, beam_pipeline_args=config.beam_args(),
+        metadata_connection_config=tfx.orchestration.metadata
+        .sqlite_metadata_connection_config(config.metadata_path))
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+
+
+def main(args) -> int:
+    start = time.time()
+    try:
+        data_dir, demo = prepare_data(args.data, os.path.abspath(args.output))
+        config = configs.from_args(args, data_dir, configs.read_label_names(data_dir), demo)
+    except (FileNotFoundError, ValueError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    config.code_version = code_version()
+    print("graft run: %d classes from %s, backbone %s, output %s"
+          % (config.num_classes, config.data_dir, config.backbone, config.output_dir),
+          flush=True)
+    failed = None
+    try:
+        run(config)
+    except Exception as e:  # the summary still says which components finished
+        failed = e
+    from pipeline import run_summary
+    print(run_summary.format_summary(config, time.time() - start, failed))
+    return 1 if failed else 0

@@ -1,0 +1,115 @@
+"""create_pipeline(): the graft TFX DAG, pure (no I/O), shared by every runner.
+
+ImportExampleGen -> span window (SpanRangeStrategy) -> StatisticsGen -> SchemaGen ->
+ExampleValidator -> DataGate -> Transform (materialize=False) -> Trainer ->
+latest blessed model (LatestBlessedModelStrategy) -> Evaluator -> VersionedPusher.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.proto import range_config_pb2
+
+from components.custom.data_gate import DataGate
+from components.custom.pusher import VersionedPusher
+from pipeline.configs import PipelineConfig
+
+COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "components")
+TRANSFORM_MODULE = os.path.join(COMPONENTS_DIR, "transform.py")
+TRAINER_MODULE = os.path.join(COMPONENTS_DIR, "trainer.py")
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    """Accuracy floor AND not worse than the baseline; per-class recall; confusion matrix."""
+    accuracy = tfma.MetricConfig(
+        class_name="SparseCategoricalAccuracy",
+        threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.min_accuracy}),
+            change_threshold=tfma.GenericChangeThreshold(
+                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                absolute={"value": -1e-10})))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            signature_name="serve_tf_examples",
+            preprocessing_function_names=["transform_features"],
+            label_key=config.label_key,
+            prediction_key="probabilities")],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[
+            tfma.MetricsSpec(metrics=[
+                tfma.MetricConfig(class_name="ExampleCount"),
+                accuracy,
+                tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+            ]),
+            tfma.MetricsSpec(
+                metrics=[tfma.MetricConfig(class_name="Recall")],
+                binarize=tfma.BinarizationOptions(
+                    class_ids={"values": list(range(config.num_classes))})),
+        ])
+
+
+def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] = None,
+                    metadata_connection_config=None,
+                    trainer_platform_config=None) -> tfx.dsl.Pipeline:
+    input_config = tfx.proto.Input(splits=[
+        tfx.proto.Input.Split(name="train", pattern=config.train_pattern),
+        tfx.proto.Input.Split(name="eval", pattern=config.eval_pattern),
+    ])
+    example_gen = tfx.components.ImportExampleGen(input_base=config.data_dir,
+                                                  input_config=input_config)
+    span_window = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
+        config={"range_config": range_config_pb2.RangeConfig(
+            rolling_range=range_config_pb2.RollingRange(num_spans=config.num_spans))},
+        examples=example_gen.outputs["examples"]).with_id("span_window")
+    examples = span_window.outputs["examples"]
+
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                          infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    data_gate = DataGate(statistics=statistics_gen.outputs["statistics"],
+                         anomalies=example_validator.outputs["anomalies"],
+                         image_key=config.image_key, label_key=config.label_key,
+                         num_classes=config.num_classes)
+
+    custom_config = config.component_config()
+    transform = tfx.components.Transform(
+        examples=examples, schema=schema_gen.outputs["schema"], module_file=TRANSFORM_MODULE,
+        materialize=False, disable_statistics=True, custom_config=custom_config)
+    transform.add_upstream_node(data_gate)
+
+    trainer = tfx.components.Trainer(
+        module_file=TRAINER_MODULE, examples=examples,
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"], custom_config=custom_config)
+    if trainer_platform_config is not None:
+        trainer = trainer.with_platform_config(trainer_platform_config)
+
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=examples, model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"], eval_config=eval_config(config))
+
+    pusher = VersionedPusher(model=trainer.outputs["model"],
+                             model_blessing=evaluator.outputs["blessing"],
+                             serving_dir=config.resolved_serving_dir,
+                             model_name=config.model_name)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[example_gen, span_window, statistics_gen, schema_gen, example_validator,
+                    data_gate, transform, trainer, model_resolver, evaluator, pusher],
+        enable_cache=True,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [])
