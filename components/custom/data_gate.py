@@ -5,7 +5,6 @@ message that names every problem: schema anomalies, an empty split, missing imag
 labels outside the vocabulary. The checks are plain functions (`find_problems`) so they are
 tested without a pipeline.
 """
-from __future__ import annotations
 
 import os
 

@@ -7,7 +7,6 @@ under a non-numeric temporary name and renamed into place, so TF Serving (which 
 numeric directories) never sees a half-written version. Versions are integers increasing
 with time (seconds since the epoch, bumped past the newest existing one).
 """
-from __future__ import annotations
 
 import hashlib
 import json

@@ -1,0 +1,167 @@
+"""End to end: `graft run` on a small generated data set, read back through MLMD, the
+serving dir and the pushed SavedModel.
+
+One module-scoped sequence of runs (each is a real LocalDagRunner run in a subprocess):
+  1. floor 0.4        -> blessed, pushed as the first version
+  2. identical rerun  -> Transform and Trainer cached, no new version
+  3. identical rerun  -> every component cached
+  4. floor 1.01       -> not blessed, nothing pushed, the reason printed
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline_runs import graft
+
+CLASSES = 3
+PER_CLASS = 24
+PNG_SIZE = 32
+IMAGE_SIZE = 48
+COMMON = ["--beam-mode", "in_memory", "--image-size", IMAGE_SIZE, "--epochs", 6,
+          "--fine-tune-epochs", 2, "--fine-tune-layers", 10, "--batch-size", 16,
+          "--model-name", "digits"]
+
+
+def held_back_images(n_per_class: int = 6):
+    """Digits images NOT in the training data, encoded like the demo set (PNG) and as JPEG."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for digit in range(CLASSES):
+        indices = np.flatnonzero(digits.target == digit)[PER_CLASS:PER_CLASS + n_per_class]
+        for k, index in enumerate(indices):
+            pixels = np.clip(np.round(digits.images[index] * (255.0 / 16.0)), 0, 255)
+            image = Image.fromarray(pixels.astype(np.uint8), mode="L").resize(
+                (PNG_SIZE, PNG_SIZE), Image.BILINEAR)
+            buf = io.BytesIO()
+            if k % 2:
+                image.convert("RGB").save(buf, format="JPEG", quality=95)
+            else:
+                image.save(buf, format="PNG")
+            out.append((buf.getvalue(), digit))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from pipeline.data import demo_dataset
+
+    root = tmp_path_factory.mktemp("e2e")
+    data = demo_dataset.build(root / "data", per_class=PER_CLASS, image_size=PNG_SIZE,
+                              classes=CLASSES, log=lambda *_: None)
+    out = root / "out"
+    serving = root / "serving"
+    args = ["run", "--data", data, "--output", out, "--serving-dir", serving] + COMMON
+    results = {"out": out, "serving": serving, "data": Path(data)}
+    results["first"] = graft(*args, "--min-accuracy", 0.4)
+    results["versions_after_first"] = sorted(os.listdir(serving / "digits"))
+    results["second"] = graft(*args, "--min-accuracy", 0.4)
+    results["states_second"] = _states(out)
+    results["third"] = graft(*args, "--min-accuracy", 0.4)
+    results["states_third"] = _states(out)
+    results["versions_after_third"] = sorted(os.listdir(serving / "digits"))
+    results["floor"] = graft(*args, "--min-accuracy", 1.01)
+    results["states_floor"] = _states(out)
+    return results
+
+
+def _states(out: Path) -> dict:
+    from pipeline import mlmd_query
+    return mlmd_query.node_states(mlmd_query.open_store(str(out / "metadata.sqlite")))
+
+
+def _numeric(names):
+    return [n for n in names if n.isdigit()]
+
+
+def test_first_run_blessed_and_pushed(runs):
+    out = runs["first"].stdout
+    assert "blessed: yes" in out, out
+    assert "push: pushed as version" in out, out
+    assert len(_numeric(runs["versions_after_first"])) == 1
+    version_dir = runs["serving"] / "digits" / _numeric(runs["versions_after_first"])[0]
+    assert (version_dir / "saved_model.pb").exists()
+    record = json.loads((version_dir / "graft_push.json").read_text())
+    assert len(record["fingerprint"]) == 64
+
+
+def test_pushed_model_classifies_held_back_raw_bytes(runs):
+    import tensorflow as tf
+
+    version = _numeric(runs["versions_after_first"])[0]
+    loaded = tf.saved_model.load(str(runs["serving"] / "digits" / version))
+    serve = loaded.signatures["serving_default"]
+    images = held_back_images()
+    result = serve(image_bytes=tf.constant([b for b, _ in images]))
+    probs = result["probabilities"].numpy()
+    assert probs.shape == (len(images), CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    predicted = result["class_index"].numpy()
+    labels = np.array([label for _, label in images])
+    accuracy = float((predicted == labels).mean())
+    assert accuracy >= 0.6, "held-back accuracy %.2f (chance %.2f)" % (accuracy, 1 / CLASSES)
+    names = [n.decode() for n in result["class_name"].numpy()]
+    assert names == [["zero", "one", "two"][i] for i in predicted]
+
+
+def test_identical_rerun_trains_nothing_and_pushes_nothing(runs):
+    states = runs["states_second"]
+    for node in ("ImportExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer"):
+        assert states[node] == "CACHED", states
+    assert "push: identical model already pushed" in runs["second"].stdout or \
+        states["VersionedPusher"] == "CACHED", runs["second"].stdout
+    assert _numeric(runs["versions_after_third"]) == _numeric(runs["versions_after_first"])
+
+
+def test_third_rerun_is_fully_cached(runs):
+    states = runs["states_third"]
+    not_cached = {k: v for k, v in states.items() if v != "CACHED"}
+    assert not not_cached, not_cached
+
+
+def test_floor_above_one_blocks_the_push(runs):
+    out = runs["floor"].stdout
+    assert "blessed: no" in out, out
+    assert runs["states_floor"]["Trainer"] == "CACHED"
+    assert _numeric(sorted(os.listdir(runs["serving"] / "digits"))) == \
+        _numeric(runs["versions_after_first"])
+    assert "not blessed" in out
+
+
+def test_evaluator_reports_accuracy_recall_and_confusion_matrix(runs):
+    from pipeline import mlmd_query, run_summary
+
+    store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
+    first_run = mlmd_query.run_ids(store)[0]
+    evaluator = mlmd_query.node_executions(store, first_run)["Evaluator"]
+    uri = next(a.uri for a in mlmd_query.output_artifacts(store, evaluator)
+               if "/evaluation/" in a.uri + "/")
+    metrics = run_summary.eval_metrics(uri)
+    assert 0.4 <= metrics["sparse_categorical_accuracy"] <= 1.0
+    recalls = [k for k in metrics if k.startswith("recall") and "classId" in k]
+    assert len(recalls) == CLASSES, sorted(metrics)
+    assert any(Path(uri).rglob("plots*")), "no confusion-matrix plots written"
+
+
+def test_training_history_saved(runs):
+    from pipeline import mlmd_query
+
+    store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
+    first_run = mlmd_query.run_ids(store)[0]
+    trainer = mlmd_query.node_executions(store, first_run)["Trainer"]
+    run_dir = next(Path(a.uri) for a in mlmd_query.output_artifacts(store, trainer)
+                   if "model_run" in a.uri)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["phase1"]["val_accuracy"] and history["phase2"]["val_accuracy"]
+    assert (run_dir / "history.png").stat().st_size > 1000
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["strategy"] == "_DefaultDistributionStrategy"
+    assert summary["precision"] == "float32"
