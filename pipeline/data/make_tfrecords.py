@@ -1,0 +1,384 @@
+"""Convert class folders of images into sharded image TFRecords (`graft make-tfrecords`).
+
+Input: IMAGES_DIR/<class>/<files> (the layout of tf_flowers' flower_photos). Files may sit in
+subfolders of a class folder. Hidden files and folders (".DS_Store", "__MACOSX", ...) are
+ignored silently; loose files at the top of IMAGES_DIR (e.g. flower_photos' LICENSE.txt) are
+ignored with a note.
+
+Output, read by ImportExampleGen with input patterns `span-{SPAN}/train/*` and
+`span-{SPAN}/eval/*`:
+
+    OUT_DIR/labels.txt                                 one class name per line, line i = label i
+    OUT_DIR/span-N/train/data-00000-of-0000K.tfrecord  (K shards)
+    OUT_DIR/span-N/eval/data-00000-of-0000K.tfrecord
+
+Each record is a tf.Example with `image` (bytes: the original file bytes, unchanged),
+`label` (int64: index into the sorted class folder names), `label_text` (bytes: the class
+folder name) and `filename` (bytes: path relative to IMAGES_DIR, '/'-separated).
+
+Decisions:
+
+- Validation: every file is decoded twice, by PIL (`Image.open(...).load()`: catches
+  truncated/corrupt files) and by `tf.io.decode_image(channels=3, expand_animations=False)`
+  (what passes here decodes in TensorFlow later; e.g. 1-bit BMPs open in PIL but not in TF).
+  Accepted extensions: .jpg .jpeg .png .gif .bmp (any case); other extensions, empty, unreadable
+  or undecodable files are skipped, logged by name with a reason and counted in
+  `ConversionSummary.bad_files`. A class folder left without a valid image is reported and
+  dropped from the label vocabulary. With strict=True the first such problem is an error.
+- Split: deterministic, no RNG. A file goes to eval when the first 8 bytes of
+  sha256("<class>/<path within class>") read as a fraction of 2**64 are < eval_fraction, so
+  a file's split does not depend on the other files or on the run. One exception keeps the
+  rule simple but useful: a class with >= 2 valid images and no eval (or no train) image gets
+  its lowest-hash image moved to eval (or its highest-hash image moved to train). A class with
+  a single image lands wherever its hash says. Records inside a split are ordered by hash (so
+  classes interleave) and dealt round-robin into the shards: output is byte-for-byte
+  reproducible.
+- Labels are shared by all spans of one OUT_DIR: if OUT_DIR/labels.txt exists and lists other
+  classes, conversion fails (use a new OUT_DIR for a new vocabulary).
+- Atomic output: the span is written to OUT_DIR/.tmp-span-N-<pid> and renamed to span-N at the
+  end; labels.txt is written through a temporary file and os.replace. A failure removes the
+  temporary directory, so a `span-N` directory is always complete. The temporary name starts
+  with a dot on purpose: TFX's span resolution globs `span-*` and captures the span with a
+  greedy `.*`, so a leftover `span-1.tmp-123` (after a SIGKILL) makes ImportExampleGen fail
+  ("Cannot find span number from .../span-1.tmp-123/..."); `.tmp-span-1-123` is not matched
+  (checked with tfx 1.16). An existing span-N is never overwritten.
+- Uncompressed TFRecords. Measured on flowers-dev (1,000 JPEGs, 58.2 MB; the same 1,000
+  serialized records rewritten into 2 shards per split, 2 shared cores, warm cache):
+  uncompressed 58.3 MB, written in 0.05-0.14 s, read back with tf.data in 0.05 s;
+  GZIP 57.6 MB (-1.2 %), written in 1.2 s, read back in 0.17 s. JPEG/PNG bytes are already
+  entropy-coded, so gzip costs CPU on both sides (~10x the write, ~3x the read) for ~1 % of
+  space. The whole conversion (validation decodes dominate) takes ~5 s for flowers-dev.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+SPLITS = ("train", "eval")
+LABELS_FILE = "labels.txt"
+_SILENTLY_IGNORED = {"thumbs.db", "desktop.ini"}
+
+
+class ConversionError(Exception):
+    """A conversion that cannot go on; the message says why in one line."""
+
+
+@dataclass
+class ConversionSummary:
+    """What convert() wrote and what it skipped."""
+
+    label_names: list[str]
+    counts: dict[str, dict[str, int]]  # class -> {"train": n, "eval": n}
+    bad_files: list[tuple[str, str]]  # (path, reason), also unsupported extensions
+    empty_classes: list[str]  # class folders without any valid image (not in label_names)
+    out_dir: str
+    span_dir: str
+    labels_path: str
+    output_files: dict[str, list[str]] = field(default_factory=dict)  # split -> shard paths
+
+    def total(self, split: str | None = None) -> int:
+        return sum(c[s] for c in self.counts.values() for s in SPLITS if split in (None, s))
+
+
+@dataclass
+class _Item:
+    label_name: str
+    relpath: str  # relative to IMAGES_DIR, '/'-separated
+    path: Path
+    digest: str  # sha256 of the file bytes seen during validation
+    split_key: bytes  # sha256 of relpath
+
+
+def split_fraction(relpath: str) -> float:
+    """Stable number in [0, 1) for a path relative to IMAGES_DIR ('<class>/<name>')."""
+    key = hashlib.sha256(relpath.encode("utf-8")).digest()
+    return int.from_bytes(key[:8], "big") / 2.0**64
+
+
+def _open_writer(path: str):
+    """One TFRecord shard writer (uncompressed); a seam for tests."""
+    import tensorflow as tf
+
+    return tf.io.TFRecordWriter(path)
+
+
+def _tf_error_text(exc: Exception) -> str:
+    msg = getattr(exc, "message", None) or str(exc)
+    msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg).strip().splitlines()
+    return msg[0] if msg else type(exc).__name__
+
+
+def _validate(data: bytes) -> str | None:
+    """None if both PIL and TensorFlow decode `data`, else the reason."""
+    from PIL import Image, UnidentifiedImageError
+    import tensorflow as tf
+
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except UnidentifiedImageError:
+        return "not an image (PIL cannot identify it)"
+    except Exception as exc:  # truncated, corrupt, decompression bomb, ...
+        return f"corrupt or truncated image (PIL: {exc})"
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except Exception as exc:
+        return f"TensorFlow cannot decode it ({_tf_error_text(exc)})"
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        return "image has no pixels"
+    return None
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__MACOSX") or name.lower() in _SILENTLY_IGNORED
+
+
+def _scan(images_dir: Path, log: Callable[[str], None]) -> dict[str, list[str]]:
+    """Class folder name -> sorted relative paths of its (non-hidden) files."""
+    classes: dict[str, list[str]] = {}
+    for entry in sorted(images_dir.iterdir(), key=lambda p: p.name):
+        if _hidden(entry.name):
+            continue
+        if not entry.is_dir():
+            log(f"note: ignoring {entry}: not inside a class folder")
+            continue
+        if "\n" in entry.name or "\r" in entry.name:
+            raise ConversionError(f"class folder name {entry.name!r} contains a line break")
+        files = []
+        for root, dirs, names in os.walk(entry):
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            for name in names:
+                if not _hidden(name):
+                    files.append(Path(root, name).relative_to(images_dir).as_posix())
+        classes[entry.name] = sorted(files)
+    return classes
+
+
+def _read_labels(path: Path) -> list[str]:
+    return [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_args(images_dir: Path, out_dir: Path, eval_fraction: float, span: int,
+                shards: int) -> None:
+    if not images_dir.is_dir():
+        raise ConversionError(f"IMAGES_DIR {images_dir} is not a directory")
+    if not 0.0 < eval_fraction < 1.0:
+        raise ConversionError(f"eval fraction must be > 0 and < 1, got {eval_fraction}")
+    if span < 0:
+        raise ConversionError(f"span must be >= 0, got {span}")
+    if shards < 1:
+        raise ConversionError(f"shards must be >= 1, got {shards}")
+    img, out = images_dir.resolve(), out_dir.resolve()
+    if out == img or img in out.parents:
+        raise ConversionError(f"OUT_DIR {out_dir} must not be inside IMAGES_DIR {images_dir}")
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"OUT_DIR {out_dir} exists and is not a directory")
+
+
+def _assign_splits(items: list[_Item], eval_fraction: float) -> dict[str, list[_Item]]:
+    by_class: dict[str, list[_Item]] = {}
+    for it in items:
+        by_class.setdefault(it.label_name, []).append(it)
+    splits: dict[str, list[_Item]] = {s: [] for s in SPLITS}
+    for members in by_class.values():
+        members = sorted(members, key=lambda it: it.split_key)  # ascending fraction
+        is_eval = [split_fraction(it.relpath) < eval_fraction for it in members]
+        if len(members) >= 2 and not any(is_eval):
+            is_eval[0] = True
+        if len(members) >= 2 and all(is_eval):
+            is_eval[-1] = False
+        for it, ev in zip(members, is_eval):
+            splits["eval" if ev else "train"].append(it)
+    for s in SPLITS:  # interleave classes, deterministically
+        splits[s].sort(key=lambda it: (it.split_key, it.relpath))
+    return splits
+
+
+def _example(data: bytes, label: int, it: _Item) -> bytes:
+    import tensorflow as tf
+
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "label_text": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[it.label_name.encode("utf-8")])),
+        "filename": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[it.relpath.encode("utf-8")])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)  # map order fixed: byte-identical output
+
+
+def convert(images_dir, out_dir, eval_fraction: float = 0.2, span: int = 1, shards: int = 2,
+            strict: bool = False, log: Callable[[str], None] = print) -> ConversionSummary:
+    """Validate IMAGES_DIR/<class>/<files> and write OUT_DIR/span-<span> (see module doc).
+
+    Raises ConversionError with a one-line message on anything that stops the conversion.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    _check_args(images_dir, out_dir, eval_fraction, span, shards)
+    span_dir = out_dir / f"span-{span}"
+    labels_path = out_dir / LABELS_FILE
+    if span_dir.exists():
+        raise ConversionError(f"{span_dir} already exists; spans are never overwritten: "
+                              "use another --span or remove it")
+
+    classes = _scan(images_dir, log)
+    if len(classes) < 2:
+        raise ConversionError(f"need at least 2 class folders in {images_dir}, found "
+                              f"{len(classes)}{': ' + ', '.join(classes) if classes else ''}")
+
+    bad: list[tuple[str, str]] = []
+
+    def reject(path: Path, reason: str) -> None:
+        if strict:
+            raise ConversionError(f"{path}: {reason} (--strict)")
+        bad.append((str(path), reason))
+        log(f"skipped {path}: {reason}")
+
+    items: list[_Item] = []
+    n_files = sum(len(v) for v in classes.values())
+    done, t0 = 0, time.monotonic()
+    for label_name, relpaths in classes.items():
+        for rel in relpaths:
+            path = images_dir / rel
+            done += 1
+            if done % 500 == 0:
+                log(f"validated {done}/{n_files} files ({time.monotonic() - t0:.1f} s)")
+            if Path(rel).suffix.lower() not in IMAGE_EXTENSIONS:
+                reject(path, f"unsupported extension {Path(rel).suffix or '(none)'!r} "
+                             f"(accepted: {' '.join(IMAGE_EXTENSIONS)})")
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                reject(path, f"cannot read it ({exc.strerror or exc})")
+                continue
+            reason = _validate(data)
+            if reason:
+                reject(path, reason)
+                continue
+            items.append(_Item(label_name, rel, path, hashlib.sha256(data).hexdigest(),
+                               hashlib.sha256(rel.encode("utf-8")).digest()))
+
+    present = {it.label_name for it in items}
+    empty_classes = [c for c in classes if c not in present]
+    for c in empty_classes:
+        what = "is empty" if not classes[c] else "has no valid image"
+        if strict:
+            raise ConversionError(f"class folder {images_dir / c} {what} (--strict)")
+        log(f"skipped class {c!r}: folder {images_dir / c} {what}")
+    label_names = sorted(present)
+    if len(label_names) < 2:
+        raise ConversionError(f"need at least 2 classes with valid images, found "
+                              f"{len(label_names)}{': ' + ', '.join(label_names) if label_names else ''}")
+    if labels_path.exists():
+        previous = _read_labels(labels_path)
+        if previous != label_names:
+            missing = sorted(set(previous) - set(label_names))
+            new = sorted(set(label_names) - set(previous))
+            raise ConversionError(
+                f"{labels_path} lists classes {previous} but {images_dir} has {label_names}"
+                f" (missing: {missing or 'none'}, new: {new or 'none'}); all spans of an "
+                "OUT_DIR share one label vocabulary: use a new OUT_DIR")
+    label_of = {name: i for i, name in enumerate(label_names)}
+
+    splits = _assign_splits(items, eval_fraction)
+    counts = {name: {s: 0 for s in SPLITS} for name in label_names}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out_dir / f".tmp-span-{span}-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    outputs: dict[str, list[str]] = {}
+    try:
+        for split in SPLITS:
+            (tmp_dir / split).mkdir(parents=True)
+            names = [f"data-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
+            outputs[split] = [str(span_dir / split / n) for n in names]
+            with ExitStack() as stack:
+                writers = [stack.enter_context(_open_writer(str(tmp_dir / split / n)))
+                           for n in names]
+                for i, it in enumerate(splits[split]):
+                    data = it.path.read_bytes()
+                    if hashlib.sha256(data).hexdigest() != it.digest:
+                        raise ConversionError(f"{it.path} changed while converting")
+                    writers[i % shards].write(_example(data, label_of[it.label_name], it))
+                    counts[it.label_name][split] += 1
+        if span_dir.exists():
+            raise ConversionError(f"{span_dir} appeared while converting; not overwritten")
+        if not labels_path.exists():
+            _write_atomic(labels_path, "".join(n + "\n" for n in label_names))
+        try:
+            os.rename(tmp_dir, span_dir)
+        except OSError as exc:
+            raise ConversionError(f"cannot rename {tmp_dir} to {span_dir}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+    return ConversionSummary(label_names=label_names, counts=counts, bad_files=bad,
+                             empty_classes=empty_classes, out_dir=str(out_dir),
+                             span_dir=str(span_dir), labels_path=str(labels_path),
+                             output_files=outputs)
+
+
+def format_summary(summary: ConversionSummary) -> str:
+    """The per-class train/eval table printed by `graft make-tfrecords`."""
+    width = max([len("class"), len("total")] + [len(n) for n in summary.label_names])
+    lines = [f"{'label':>5}  {'class':<{width}}  {'train':>7}  {'eval':>7}  {'total':>7}"]
+    for i, name in enumerate(summary.label_names):
+        c = summary.counts[name]
+        lines.append(f"{i:>5}  {name:<{width}}  {c['train']:>7}  {c['eval']:>7}  "
+                     f"{c['train'] + c['eval']:>7}")
+    lines.append(f"{'':>5}  {'total':<{width}}  {summary.total('train'):>7}  "
+                 f"{summary.total('eval'):>7}  {summary.total():>7}")
+    lines.append(f"bad files skipped: {len(summary.bad_files)}")
+    for path, reason in summary.bad_files:
+        lines.append(f"  {path}: {reason}")
+    if summary.empty_classes:
+        lines.append(f"class folders without valid images (not labels): "
+                     f"{', '.join(summary.empty_classes)}")
+    shards = len(summary.output_files.get("train", []))
+    lines.append(f"wrote {summary.span_dir}/{{train,eval}} ({shards} shards each), "
+                 f"labels in {summary.labels_path}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """`graft make-tfrecords`: 0 on success (bad files skipped are listed), 1 on failure."""
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    t0 = time.monotonic()
+    try:
+        summary = convert(args.images_dir, args.out_dir, eval_fraction=args.eval_fraction,
+                          span=args.span, shards=args.shards, strict=args.strict,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # one line, no traceback
+        print(f"error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    print(f"done in {time.monotonic() - t0:.1f} s")
+    return 0

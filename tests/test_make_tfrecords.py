@@ -1,0 +1,292 @@
+"""Tests for pipeline.data.make_tfrecords and pipeline.data.demo_dataset (small, CPU-cheap)."""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+from PIL import Image  # noqa: E402
+
+from pipeline.data import demo_dataset, make_tfrecords  # noqa: E402
+from pipeline.data.make_tfrecords import ConversionError, convert  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared/data"
+FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "label_text": tf.io.FixedLenFeature([], tf.string),
+    "filename": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def _encode(mode: str, fmt: str, size=(12, 10), seed: int = 0) -> bytes:
+    colour = {"L": seed * 20 % 256, "1": 1, "P": seed % 200,
+              "CMYK": (seed * 20 % 256, 10, 20, 0), "RGBA": (seed * 20 % 256, 40, 90, 128)}
+    image = Image.new(mode, size, colour.get(mode, (seed * 20 % 256, 100, 50)))
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+# class -> (file name, bytes): every format/mode combination we accept.
+def _dataset_spec() -> dict[str, list[tuple[str, bytes]]]:
+    spec: dict[str, list[tuple[str, bytes]]] = {"birds": [], "cats": [], "dogs": []}
+    for i in range(4):
+        spec["cats"] += [(f"rgb{i}.png", _encode("RGB", "PNG", seed=i)),
+                         (f"rgba{i}.PNG", _encode("RGBA", "PNG", seed=i))]
+        spec["dogs"] += [(f"gray{i}.jpg", _encode("L", "JPEG", seed=i)),
+                         (f"cmyk{i}.jpeg", _encode("CMYK", "JPEG", seed=i))]
+        spec["birds"] += [(f"anim{i}.gif", _encode("P", "GIF", seed=i)),
+                          (f"rgb{i}.bmp", _encode("RGB", "BMP", seed=i)),
+                          (f"photo{i}.JPG", _encode("RGB", "JPEG", seed=i))]
+    spec["cats"].append(("sub/nested.png", _encode("L", "PNG")))
+    return spec
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for cls, files in _dataset_spec().items():
+        for name, data in files:
+            (root / cls / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / cls / name).write_bytes(data)
+    (root / "cats" / ".DS_Store").write_bytes(b"\0junk")  # ignored silently
+    (root / "LICENSE.txt").write_text("CC BY 2.0")  # loose top-level file: ignored
+    return root
+
+
+def _read(paths) -> list[dict]:
+    ds = tf.data.TFRecordDataset(sorted(paths)).map(
+        lambda r: tf.io.parse_single_example(r, FEATURES))
+    return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
+
+
+def _splits(out: Path, span: int = 1) -> dict[str, list[dict]]:
+    return {s: _read(glob.glob(str(out / f"span-{span}" / s / "*"))) for s in ("train", "eval")}
+
+
+def test_convert_counts_layout_and_roundtrip(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    logs: list[str] = []
+    summary = convert(images, out, shards=2, log=logs.append)
+    spec = _dataset_spec()
+    assert summary.label_names == ["birds", "cats", "dogs"]
+    assert (out / "labels.txt").read_text() == "birds\ncats\ndogs\n"
+    assert summary.bad_files == [] and summary.empty_classes == []
+    assert any("LICENSE.txt" in m for m in logs)
+    for split in ("train", "eval"):
+        assert sorted(os.listdir(out / "span-1" / split)) == [
+            "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
+    assert sorted(os.listdir(out)) == ["labels.txt", "span-1"]  # no temporary left
+
+    records = _splits(out)
+    seen = {}
+    for split, recs in records.items():
+        for r in recs:
+            name = r["filename"].decode()
+            cls = r["label_text"].decode()
+            assert name.split("/")[0] == cls
+            assert summary.label_names[r["label"]] == cls
+            assert r["image"] == (images / name).read_bytes()  # bytes unchanged
+            image = tf.io.decode_image(r["image"], channels=3, expand_animations=False)
+            assert image.shape[-1] == 3 and image.shape[0] > 0
+            seen[name] = split
+    expected = {f"{c}/{n}" for c, files in spec.items() for n, _ in files}
+    assert set(seen) == expected and len(seen) == sum(len(v) for v in records.values())
+    for cls, files in spec.items():
+        got = {s: sum(1 for n, sp in seen.items() if n.startswith(cls + "/") and sp == s)
+               for s in ("train", "eval")}
+        assert got == summary.counts[cls]
+        assert got["train"] >= 1 and got["eval"] >= 1  # every class >= 2 images in both
+        assert got["train"] + got["eval"] == len(files)
+
+
+def test_split_is_deterministic(images: Path, tmp_path: Path):
+    convert(images, tmp_path / "a", log=lambda m: None)
+    convert(images, tmp_path / "b", log=lambda m: None)
+    for split in ("train", "eval"):
+        for name in os.listdir(tmp_path / "a" / "span-1" / split):
+            a = (tmp_path / "a" / "span-1" / split / name).read_bytes()
+            assert a == (tmp_path / "b" / "span-1" / split / name).read_bytes()
+    # The split of a file depends on its name only: the hash rule, within [0, 1).
+    fractions = [make_tfrecords.split_fraction(f"cats/x{i}.png") for i in range(200)]
+    assert all(0 <= f < 1 for f in fractions)
+    assert 20 < sum(f < 0.2 for f in fractions) < 60
+
+
+def test_bad_files_are_skipped_named_and_counted(images: Path, tmp_path: Path):
+    jpeg = _encode("RGB", "JPEG", size=(64, 64))
+    bad = {
+        "cats/empty.jpg": b"",
+        "dogs/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "dogs/text.jpg": b"this is not an image\n",
+        "birds/notes.txt": b"hello",
+        "birds/onebit.bmp": _encode("1", "BMP"),  # PIL reads it, TensorFlow cannot
+    }
+    for rel, data in bad.items():
+        (images / rel).write_bytes(data)
+    summary = convert(images, tmp_path / "out", log=lambda m: None)
+    reasons = {Path(p).relative_to(images).as_posix(): r for p, r in summary.bad_files}
+    assert set(reasons) == set(bad)
+    assert "empty" in reasons["cats/empty.jpg"]
+    assert "truncated" in reasons["dogs/truncated.jpg"]
+    assert "not an image" in reasons["dogs/text.jpg"]
+    assert "unsupported extension '.txt'" in reasons["birds/notes.txt"]
+    assert "TensorFlow" in reasons["birds/onebit.bmp"]
+    spec = _dataset_spec()
+    assert {c: sum(v.values()) for c, v in summary.counts.items()} == {
+        c: len(f) for c, f in spec.items()}
+    names = {r["filename"].decode() for recs in _splits(tmp_path / "out").values() for r in recs}
+    assert not names & set(bad)
+
+
+def test_strict_fails_on_first_bad_file(images: Path, tmp_path: Path):
+    (images / "dogs" / "text.jpg").write_bytes(b"not an image")
+    with pytest.raises(ConversionError, match=r"text\.jpg.*not an image.*--strict"):
+        convert(images, tmp_path / "out", strict=True, log=lambda m: None)
+    assert not (tmp_path / "out" / "span-1").exists()
+
+
+def test_empty_class_folder(images: Path, tmp_path: Path):
+    (images / "empty").mkdir()
+    summary = convert(images, tmp_path / "out", log=lambda m: None)
+    assert summary.empty_classes == ["empty"] and "empty" not in summary.label_names
+    with pytest.raises(ConversionError, match="empty.*is empty"):
+        convert(images, tmp_path / "out2", strict=True, log=lambda m: None)
+
+
+def test_need_two_classes(tmp_path: Path):
+    root = tmp_path / "images"
+    (root / "only").mkdir(parents=True)
+    (root / "only" / "a.png").write_bytes(_encode("RGB", "PNG"))
+    with pytest.raises(ConversionError, match="at least 2 class"):
+        convert(root, tmp_path / "out", log=lambda m: None)
+    (root / "junk").mkdir()
+    (root / "junk" / "x.txt").write_text("x")  # a second folder but no valid image
+    with pytest.raises(ConversionError, match="at least 2 classes with valid images"):
+        convert(root, tmp_path / "out", log=lambda m: None)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ConversionError, match="found 0"):
+        convert(tmp_path / "nothing", tmp_path / "out2", log=lambda m: None)  # no classes
+
+
+def test_existing_span_refused_and_labels_shared(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    convert(images, out, log=lambda m: None)
+    with pytest.raises(ConversionError, match="span-1 already exists"):
+        convert(images, out, log=lambda m: None)
+    convert(images, out, span=2, log=lambda m: None)
+    assert (out / "span-2" / "train").is_dir()
+    (images / "zebras").mkdir()
+    (images / "zebras" / "z.png").write_bytes(_encode("RGB", "PNG"))
+    with pytest.raises(ConversionError, match="new: \\['zebras'\\]"):
+        convert(images, out, span=3, log=lambda m: None)
+    assert not (out / "span-3").exists()
+
+
+def test_crash_midway_leaves_no_span(images: Path, tmp_path: Path, monkeypatch):
+    real = make_tfrecords._open_writer
+    written = []
+
+    class Flaky:
+        def __init__(self, path):
+            self.inner = real(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+        def write(self, record):
+            if len(written) >= 3:
+                raise RuntimeError("disk on fire")
+            written.append(record)
+            self.inner.write(record)
+
+    monkeypatch.setattr(make_tfrecords, "_open_writer", Flaky)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        convert(images, out, log=lambda m: None)
+    assert len(written) == 3
+    assert os.listdir(out) == []  # no span-1, no temporary dir, no labels.txt
+
+
+def test_main_prints_table_or_one_line_error(images: Path, tmp_path: Path, capsys):
+    def ns(**kw):
+        base = dict(images_dir=str(images), out_dir=str(tmp_path / "out"), eval_fraction=0.2,
+                    span=1, shards=1, strict=False)
+        return argparse.Namespace(**{**base, **kw})
+
+    (images / "birds" / "bad.gif").write_bytes(b"GIF89a broken")
+    assert make_tfrecords.main(ns()) == 0
+    out = capsys.readouterr().out
+    assert "birds" in out and "total" in out and "bad files skipped: 1" in out and "bad.gif" in out
+    assert make_tfrecords.main(ns()) == 1  # span exists
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "already exists" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert make_tfrecords.main(ns(span=5, eval_fraction=1.5)) == 1
+
+
+def test_flowers_dev(tmp_path: Path):
+    flowers = SHARED / "flowers-dev"
+    if not flowers.is_dir():
+        pytest.skip(f"{flowers} is absent")
+    t0 = time.monotonic()
+    summary = convert(flowers, tmp_path / "out", shards=2, log=lambda m: None)
+    elapsed = time.monotonic() - t0
+    assert summary.label_names == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert summary.bad_files == [] and summary.total() == 1000
+    for cls, c in summary.counts.items():
+        assert c["train"] + c["eval"] == 200
+        assert 0.12 <= c["eval"] / 200 <= 0.28, (cls, c)
+    assert elapsed < 60, f"flowers-dev conversion took {elapsed:.1f} s"
+
+
+def test_demo_dataset_builds_and_is_reused(tmp_path: Path):
+    logs: list[str] = []
+    tfr = demo_dataset.build(tmp_path / "demo", per_class=6, image_size=32, log=logs.append)
+    labels = (Path(tfr) / "labels.txt").read_text().split()
+    assert labels == sorted(demo_dataset.DIGIT_NAMES) and len(labels) == 10
+    records = _splits(Path(tfr))
+    assert sum(len(v) for v in records.values()) == 60
+    assert all(len(v) > 0 for v in records.values())
+    image = tf.io.decode_image(records["train"][0]["image"])
+    assert tuple(image.shape) == (32, 32, 1)
+    first = sorted(p.read_bytes() for p in (tmp_path / "demo" / "images").rglob("*.png"))
+    n_logs = len(logs)
+    assert demo_dataset.build(tmp_path / "demo", per_class=6, image_size=32,
+                              log=logs.append) == tfr
+    assert len(logs) == n_logs  # reused, nothing rebuilt
+    demo_dataset.build(tmp_path / "demo", per_class=4, image_size=32, log=logs.append)
+    assert sum(len(v) for v in _splits(Path(tfr)).values()) == 40
+    again = demo_dataset.build(tmp_path / "demo2", per_class=6, image_size=32, log=lambda m: None)
+    assert sorted(p.read_bytes() for p in (tmp_path / "demo2" / "images").rglob("*.png")) == first
+    assert again.endswith("tfrecords")
+
+
+def test_cifar10_sample_reads_with_our_feature_types():
+    sample = SHARED / "cifar10-sample"
+    if not sample.is_dir():
+        pytest.skip(f"{sample} is absent")
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+            "id": tf.io.FixedLenFeature([], tf.string)}
+    for name in ("cifar10_train.tfrecord", "cifar10_test.tfrecord"):
+        ds = tf.data.TFRecordDataset(str(sample / name)).map(
+            lambda r: tf.io.parse_single_example(r, spec))
+        n = 0
+        for ex in ds:
+            image = tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
+            assert tuple(image.shape) == (32, 32, 3)
+            assert 0 <= int(ex["label"]) < 10
+            n += 1
+        assert n == 128
