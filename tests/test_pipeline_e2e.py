@@ -165,3 +165,43 @@ def test_training_history_saved(runs):
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["strategy"] == "_DefaultDistributionStrategy"
     assert summary["precision"] == "float32"
+
+
+def test_trainer_and_serving_see_the_same_tensors(runs):
+    """Parity: the Trainer's input tensors == the serving graph's; pushed == in-memory model."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tf_keras
+
+    from components import dataset
+    from pipeline import mlmd_query
+
+    store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
+    first = mlmd_query.run_ids(store)[0]
+    execs = mlmd_query.node_executions(store, first)
+    graph_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["Transform"])
+                     if "transform_graph" in a.uri)
+    examples_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["ImportExampleGen"]))
+    cfg = {"image_key": "image", "label_key": "label", "label_names": ["zero", "one", "two"]}
+    tft_out = tft.TFTransformOutput(graph_uri)
+    pattern = os.path.join(examples_uri, "Split-eval", "*")
+    trainer_ds = dataset.make_dataset([pattern], tft_out, cfg, batch_size=64, training=False,
+                                      cache=False)
+    trainer_images, labels = next(iter(trainer_ds))
+
+    raw = tf.data.TFRecordDataset(tf.io.gfile.glob(pattern), compression_type="GZIP")
+    serialized = [r.numpy() for r in raw]
+    version = _numeric(runs["versions_after_first"])[0]
+    pushed_dir = str(runs["serving"] / "digits" / version)
+    loaded = tf.saved_model.load(pushed_dir)
+    served = loaded.signatures["transform_features"](examples=tf.constant(serialized))
+    diff = np.abs(served["image_xf"].numpy() - trainer_images.numpy()).max()
+    assert diff <= 1e-5, diff
+
+    image_bytes = [tf.train.Example.FromString(s).features.feature["image"].bytes_list.value[0]
+                   for s in serialized]
+    served_probs = loaded.signatures["serving_default"](
+        image_bytes=tf.constant(image_bytes))["probabilities"].numpy()
+    keras_model = tf_keras.models.load_model(pushed_dir)
+    in_memory = keras_model(trainer_images, training=False).numpy()
+    assert np.abs(served_probs - in_memory).max() <= 1e-5
