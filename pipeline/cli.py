@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert class folders of images into sharded image TFRecords",
         description="Convert IMAGES_DIR/<class>/*.jpg|png|... into TFRecords of tf.Example "
         "(image bytes, int64 label, label text, file name) laid out as "
-        "OUT_DIR/span-N/{train,eval}/*.tfrecord.gz plus OUT_DIR/labels.txt.",
+        "OUT_DIR/span-N/{train,eval}/*.tfrecord plus OUT_DIR/labels.txt.",
     )
     p.add_argument("images_dir", metavar="IMAGES_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")

@@ -8,7 +8,9 @@ tested without a pipeline.
 
 import os
 
+import tensorflow as tf
 import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
@@ -68,8 +70,9 @@ def find_problems(statistics_uri: str, anomalies_uri: str, splits: list[str], im
         stats_list = tfdv.load_stats_binary(
             os.path.join(statistics_uri, "Split-%s" % split, "FeatureStats.pb"))
         stats = stats_list.datasets[0]
-        anomalies = tfdv.load_anomalies_binary(
-            os.path.join(anomalies_uri, "Split-%s" % split, "SchemaDiff.pb"))
+        anomalies_path = os.path.join(anomalies_uri, "Split-%s" % split, "SchemaDiff.pb")
+        with tf.io.gfile.GFile(anomalies_path, "rb") as f:
+            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
         problems += problems_in_split(split, stats, anomalies, image_key, label_key,
                                       num_classes)
     return problems
