@@ -1,0 +1,96 @@
+"""Forward speed of the EfficientNet-Lite0 feature extractor (224 px, batch 32, CPU).
+
+Builds the base with the offline ImageNet weights, runs warm-up batches, then times
+batches of random preprocessed images; prints the result and writes
+bench/results/lite0_forward.json (images/s plus machine: nproc, CPU model, TF version).
+Usage: python bench/lite0_forward.py [--batches N] [--warmup N] [--batch-size N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "results", "lite0_forward.json"))
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from components.backbones import get_backbone
+
+    bb = get_backbone("efficientnet_lite0")
+    model = bb.build_base(weights="imagenet", image_size=args.size)
+    forward = tf.function(lambda x: model(x, training=False), jit_compile=False)
+    load_before = os.getloadavg()[0]
+    rng = np.random.default_rng(0)
+    x = bb.preprocess(rng.uniform(0, 255, (args.batch_size, args.size, args.size, 3))
+                      .astype(np.float32))
+    for _ in range(args.warmup):
+        forward(x).numpy()
+    times = []
+    for _ in range(args.batches):
+        t0 = time.perf_counter()
+        forward(x).numpy()
+        times.append(time.perf_counter() - t0)
+    total = sum(times)
+    result = {
+        "model": "efficientnet_lite0 feature extractor (include_top=False)",
+        "image_size": args.size,
+        "batch_size": args.batch_size,
+        "warmup_batches": args.warmup,
+        "timed_batches": args.batches,
+        "images_per_second": round(args.batch_size * args.batches / total, 2),
+        "median_batch_seconds": round(statistics.median(times), 4),
+        "min_batch_seconds": round(min(times), 4),
+        "output_shape": list(model.output_shape[1:]),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "tensorflow": tf.__version__,
+            "python": platform.python_version(),
+            "loadavg_1min_before": round(load_before, 2),
+            "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        },
+        "note": "CPU shared with other work; treat as indicative.",
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(args.out + ".tmp", args.out)
+    print(f"efficientnet_lite0 features @{args.size}px batch {args.batch_size}: "
+          f"{result['images_per_second']} images/s "
+          f"(median {result['median_batch_seconds']} s/batch, {os.cpu_count()} CPUs, "
+          f"{result['machine']['cpu_model']}, TF {tf.__version__})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
