@@ -1,0 +1,10 @@
+"""Serving side of graft: a TF Serving-compatible gRPC dev server and the `graft predict` client.
+
+- `serving.server`: `graft serve`, TF Serving's PredictionService / ModelService over gRPC for
+  the versions the Pusher writes under SERVING_DIR/<model_name>/<version>/ (or exec of the real
+  `tensorflow_model_server` with `--tf-serving`).
+- `serving.client`: `graft predict`, one Predict request per image, top-k output.
+- helpers: `protos` (light TF Serving API import, tensor protos by hand), `model_store`
+  (version scanning, loading, hot swap), `predict` (request validation and execution),
+  `images` (cheap per-element image checks), `toy_model` (tiny SavedModel for tests/bench).
+"""

@@ -1,0 +1,113 @@
+"""`graft predict`: classify image files through a TF Serving gRPC endpoint.
+
+One Predict request per image (so one bad image fails alone), model_spec.signature_name
+'serving_default', input `image_bytes` = DT_STRING [1] holding the raw file bytes (exactly the
+TensorProto tf.make_tensor_proto([data], dtype=tf.string, shape=[1]) builds, built by hand so
+TensorFlow is not imported). Works against `graft serve` and the real tensorflow_model_server.
+
+Output per image: the file, then top-k lines '  CLASS_NAME PROBABILITY'; with --json one line
+per image: {"file", "predictions": [{"class", "index", "probability"}, ...]} sorted by
+probability. The signature names only the argmax class (`class_name`), so names of other
+classes are learned from the argmax of the other images in the same run; a class never seen
+as an argmax prints as '#INDEX' (JSON "class": null). Results are printed after all requests
+have finished; failures go to stderr as 'error: FILE: MESSAGE'. Exit status 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from serving import protos
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def build_request(data: bytes, model: str, version: int | None = None,
+                  signature: str = "serving_default"):
+    apis = protos.load_apis()
+    request = apis.predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["image_bytes"].CopyFrom(protos.make_string_tensor([data]))
+    return request
+
+
+def parse_response(response) -> tuple[list[float], int, str | None]:
+    """(probabilities of the single image, argmax index, argmax class name or None)."""
+    outputs = response.outputs
+    probs = protos.to_ndarray(outputs["probabilities"]).reshape(-1).tolist()
+    if "class_index" in outputs:
+        index = int(protos.to_ndarray(outputs["class_index"]).reshape(-1)[0])
+    else:
+        index = max(range(len(probs)), key=probs.__getitem__)
+    name = None
+    if "class_name" in outputs:
+        raw = protos.to_ndarray(outputs["class_name"]).reshape(-1)[0]
+        name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return probs, index, name
+
+
+def _rpc_message(error) -> str:
+    import grpc
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else str(error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"{code.name}: {details}"
+    return details or (code.name if code else str(error))
+
+
+def main(args: argparse.Namespace) -> int:
+    import grpc
+    if args.top_k < 1:
+        print("error: --top-k must be at least 1", file=sys.stderr)
+        return 2
+    apis = protos.load_apis()
+    channel = grpc.insecure_channel(args.server, options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    stub = apis.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    results: list[tuple[str, object]] = []   # (file, (probs, index) | error message)
+    names: dict[int, str] = {}
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            results.append((path, e.strerror or str(e)))
+            continue
+        try:
+            response = stub.Predict(build_request(data, args.model, args.version),
+                                    timeout=args.timeout)
+            probs, index, name = parse_response(response)
+        except grpc.RpcError as e:
+            results.append((path, _rpc_message(e)))
+            continue
+        except (ValueError, KeyError, IndexError) as e:
+            results.append((path, f"unexpected response: {e}"))
+            continue
+        if name is not None:
+            names[index] = name
+        results.append((path, (probs, index)))
+    channel.close()
+
+    failed = 0
+    for path, result in results:
+        if isinstance(result, str):
+            failed += 1
+            print(f"error: {path}: {result}", file=sys.stderr, flush=True)
+            continue
+        probs, _ = result
+        order = sorted(range(len(probs)), key=lambda i: -probs[i])[: args.top_k]
+        if args.json:
+            print(json.dumps({"file": path, "predictions": [
+                {"class": names.get(i), "index": i, "probability": probs[i]} for i in order]}),
+                flush=True)
+        else:
+            print(path)
+            for i in order:
+                print(f"  {names.get(i, f'#{i}')} {probs[i]:.6f}")
+            sys.stdout.flush()
+    return 1 if failed else 0

@@ -1,0 +1,220 @@
+"""`graft serve`: a development server speaking TF Serving's gRPC API for pushed models.
+
+Implements `tensorflow.serving.PredictionService/Predict`, `.../GetModelMetadata` and
+`tensorflow.serving.ModelService/GetModelStatus` over the versions under --model-base-path
+(see `serving.model_store` for the version policy and hot swap, `serving.predict` for request
+validation). Requests run concurrently on a thread pool, each calling the loaded version's
+concrete signature function (no graph building per request). Binds 127.0.0.1 by default.
+
+Knobs without a CLI flag (environment): GRAFT_SERVE_MAX_BATCH (default 128),
+GRAFT_SERVE_WORKERS (gRPC worker threads, default 16), GRAFT_SERVE_NUM_VERSIONS (how many of the
+newest versions stay loaded, default 1 like TF Serving).
+
+With --tf-serving the real `tensorflow_model_server` is exec'd instead (same model directory;
+note it binds all interfaces and also serves REST on 8501).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from concurrent import futures  # noqa: E402
+
+import grpc  # noqa: E402
+
+from serving import predict as predict_lib  # noqa: E402
+from serving import protos  # noqa: E402
+from serving.model_store import ModelStore  # noqa: E402
+
+DEFAULT_MAX_BATCH = 128
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class _Handlers:
+    """The servicer methods; subclassed below into the two generated servicer bases."""
+
+    def __init__(self, store: ModelStore, max_batch: int, max_pixels: int):
+        self.store, self.max_batch, self.max_pixels = store, max_batch, max_pixels
+
+    @staticmethod
+    def _abort(context, error: predict_lib.ServingError):
+        context.abort(error.code, error.message)
+
+    def Predict(self, request, context):
+        try:
+            return predict_lib.predict(self.store, request, self.max_batch, self.max_pixels)
+        except predict_lib.ServingError as e:
+            self._abort(context, e)
+        except Exception as e:  # noqa: BLE001 - a server bug must not look like bad input
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+
+    def GetModelMetadata(self, request, context):
+        apis = protos.load_apis()
+        try:
+            served = predict_lib.resolve(self.store, request.model_spec)
+            fields = list(request.metadata_field)
+            if not fields:
+                raise predict_lib.ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field != "signature_def":
+                    raise predict_lib.ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"Metadata field {field} is not supported (only signature_def)")
+        except predict_lib.ServingError as e:
+            return self._abort(context, e)
+        response = apis.get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self.store.name
+        response.model_spec.version.value = served.version
+        sig_map = apis.get_model_metadata_pb2.SignatureDefMap()
+        for name, sig_def in served.signature_defs.items():
+            sig_map.signature_def[name].CopyFrom(sig_def)
+        response.metadata["signature_def"].Pack(sig_map)
+        return response
+
+    def GetModelStatus(self, request, context):
+        apis = protos.load_apis()
+        status_pb2 = apis.get_model_status_pb2
+        spec = request.model_spec
+        if spec.name != self.store.name:
+            return context.abort(grpc.StatusCode.NOT_FOUND,
+                                 f"Could not find any versions of model {spec.name} "
+                                 f"(this server serves {self.store.name!r})")
+        states = self.store.states()
+        if spec.HasField("version"):
+            if spec.version.value not in states:
+                return context.abort(grpc.StatusCode.NOT_FOUND,
+                                     f"Could not find version {spec.version.value} of model "
+                                     f"{spec.name} (known versions: {sorted(states)})")
+            states = {spec.version.value: states[spec.version.value]}
+        if not states:
+            return context.abort(grpc.StatusCode.NOT_FOUND,
+                                 f"Could not find any versions of model {spec.name} under "
+                                 f"{self.store.base_path}")
+        response = status_pb2.GetModelStatusResponse()
+        for version in sorted(states, reverse=True):
+            state, error = states[version]
+            status = response.model_version_status.add()
+            status.version = version
+            status.state = status_pb2.ModelVersionStatus.State.Value(state)
+            if error:
+                status.status.error_code = 13  # INTERNAL (tensorflow.error.Code)
+                status.status.error_message = error
+        return response
+
+
+def build_server(store: ModelStore, host: str, port: int, max_batch: int, max_pixels: int,
+                 workers: int):
+    """A started-not grpc.Server with both services; returns (server, bound port)."""
+    apis = protos.load_apis()
+    handlers = _Handlers(store, max_batch, max_pixels)
+
+    class PredictionService(apis.prediction_service_pb2_grpc.PredictionServiceServicer):
+        Predict = staticmethod(handlers.Predict)
+        GetModelMetadata = staticmethod(handlers.GetModelMetadata)
+
+    class ModelService(apis.model_service_pb2_grpc.ModelServiceServicer):
+        GetModelStatus = staticmethod(handlers.GetModelStatus)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+                                                    thread_name_prefix="grpc"),
+                         options=GRPC_OPTIONS)
+    apis.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(), server)
+    apis.model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if not bound:
+        raise RuntimeError(f"could not bind {address}")
+    return server, bound
+
+
+def write_models_config(path: str, name: str, base_path: str) -> None:
+    """A TF Serving ModelServerConfig (text proto) with one model."""
+    with open(path, "w") as f:
+        f.write("model_config_list {\n  config {\n"
+                f"    name: \"{name}\"\n    base_path: \"{os.path.abspath(base_path)}\"\n"
+                "    model_platform: \"tensorflow\"\n  }\n}\n")
+
+
+def exec_tf_serving(args: argparse.Namespace) -> int:
+    binary = shutil.which("tensorflow_model_server")
+    if binary is None:
+        print("error: --tf-serving needs tensorflow_model_server on PATH (install the "
+              "tensorflow-model-server package or use the tensorflow/serving image); without "
+              "--tf-serving, graft serves with its own development server", file=sys.stderr)
+        return 2
+    config = os.path.join(tempfile.mkdtemp(prefix="graft-serving-"), "models.config")
+    write_models_config(config, args.model_name, args.model_base_path)
+    argv = [binary, f"--port={args.port}", "--rest_api_port=8501",
+            f"--model_config_file={config}",
+            f"--file_system_poll_wait_seconds={max(1, round(args.poll_seconds))}"]
+    print(f"exec {' '.join(argv)} (tensorflow_model_server binds all interfaces; "
+          f"--host is ignored)", flush=True)
+    os.execvp(binary, argv)
+    return 2  # not reached
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.tf_serving:
+        return exec_tf_serving(args)
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = None   # --max-image-pixels is checked on the header instead
+
+    max_batch = getattr(args, "max_batch_size", None) or _env_int("GRAFT_SERVE_MAX_BATCH",
+                                                                  DEFAULT_MAX_BATCH)
+    workers = _env_int("GRAFT_SERVE_WORKERS", 16)
+    import tensorflow  # noqa: F401  (before the API protos, so they bind to the real package)
+
+    store = ModelStore(args.model_name, args.model_base_path,
+                       num_versions=_env_int("GRAFT_SERVE_NUM_VERSIONS", 1),
+                       warmup=predict_lib.warmup, log=_log)
+    if not os.path.isdir(store.base_path):
+        _log(f"warning: {store.base_path} does not exist yet; waiting for versions to appear")
+    store.poll()
+    try:
+        server, port = build_server(store, args.host, args.port, max_batch,
+                                    args.max_image_pixels, workers)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    received = []
+
+    def on_signal(signum, _frame):
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    store.start_polling(args.poll_seconds)
+    current = store.get()
+    version = current.version if current else "none (waiting for a version)"
+    _log(f"serving model {args.model_name} version {version} on {args.host}:{port}")
+    while not stop.wait(1.0):
+        pass
+    _log(f"received {received[0] if received else 'stop'}, shutting down")
+    store.stop()
+    server.stop(grace=5).wait()
+    return 0

@@ -1,0 +1,77 @@
+"""A tiny SavedModel with graft's serving contract, for tests and the serving benchmark.
+
+`serving_default`: `image_bytes` DT_STRING [None] -> `probabilities` float32 [None, 3],
+`class_index` int64 [None], `class_name` string [None]. Each element is decoded with
+tf.io.decode_image(channels=3, expand_animations=False), resized to 16x16, and a fixed linear
+layer over the mean colour (scaled to 0..1) gives softmax probabilities over red/green/blue.
+Variant 1 maps red->red, variant 2 permutes the classes (red->green...), so a hot swap is
+observable. A second signature, `serve_tf_examples`, takes serialized tf.Examples ('image').
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+CLASS_NAMES = ("red", "green", "blue")
+
+
+def _weights(variant: int):
+    import numpy as np
+    eye = np.eye(3, dtype=np.float32) * 6.0
+    w = eye if variant == 1 else np.roll(eye, variant - 1, axis=1)
+    bias = np.array([0.1, 0.0, -0.1], dtype=np.float32) * variant
+    return w, bias
+
+
+def build(export_dir: str, variant: int = 1) -> str:
+    """Write the toy SavedModel to export_dir (which must not exist)."""
+    import tensorflow as tf
+
+    w, b = _weights(variant)
+
+    class Toy(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(w, name="w")
+            self.b = tf.Variable(b, name="b")
+            self.names = tf.constant(list(CLASS_NAMES))
+
+        def _probs(self, image_bytes):
+            def decode(data):
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+                image.set_shape([None, None, 3])
+                return tf.image.resize(tf.cast(image, tf.float32), [16, 16])
+
+            pixels = tf.map_fn(decode, image_bytes,
+                               fn_output_signature=tf.TensorSpec([16, 16, 3], tf.float32))
+            mean = tf.reduce_mean(pixels, axis=[1, 2]) / 255.0
+            return tf.nn.softmax(tf.matmul(mean, self.w) + self.b)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            probs = self._probs(image_bytes)
+            index = tf.argmax(probs, axis=-1)
+            return {"probabilities": probs, "class_index": index,
+                    "class_name": tf.gather(self.names, index)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve_examples(self, serialized):
+            parsed = tf.io.parse_example(serialized,
+                                         {"image": tf.io.FixedLenFeature([], tf.string)})
+            return {"probabilities": self._probs(parsed["image"])}
+
+    module = Toy()
+    tf.saved_model.save(module, export_dir, signatures={
+        "serving_default": module.serve.get_concrete_function(),
+        "serve_tf_examples": module.serve_examples.get_concrete_function()})
+    return export_dir
+
+
+def push(base_path: str, version: int, variant: int | None = None) -> str:
+    """Build into a non-numeric temp dir under base_path, then rename it to <version>."""
+    os.makedirs(base_path, exist_ok=True)
+    tmp = os.path.join(base_path, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    build(tmp, variant if variant is not None else version)
+    final = os.path.join(base_path, str(version))
+    os.rename(tmp, final)
+    return final
