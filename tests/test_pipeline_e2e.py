@@ -28,10 +28,13 @@ COMMON = ["--beam-mode", "in_memory", "--image-size", IMAGE_SIZE, "--epochs", 6,
           "--model-name", "digits"]
 
 
-def held_back_images(n_per_class: int = 6):
-    """Digits images NOT in the training data, encoded like the demo set (PNG) and as JPEG."""
+def held_back_images(label_names, n_per_class: int = 6):
+    """Digits images NOT in the training data, encoded like the demo set (PNG) and as JPEG,
+    with their label index in label_names (labels.txt order)."""
     from PIL import Image
     from sklearn.datasets import load_digits
+
+    from pipeline.data.demo_dataset import DIGIT_NAMES
 
     digits = load_digits()
     out = []
@@ -46,7 +49,7 @@ def held_back_images(n_per_class: int = 6):
                 image.convert("RGB").save(buf, format="JPEG", quality=95)
             else:
                 image.save(buf, format="PNG")
-            out.append((buf.getvalue(), digit))
+            out.append((buf.getvalue(), label_names.index(DIGIT_NAMES[digit])))
     return out
 
 
@@ -99,7 +102,8 @@ def test_pushed_model_classifies_held_back_raw_bytes(runs):
     version = _numeric(runs["versions_after_first"])[0]
     loaded = tf.saved_model.load(str(runs["serving"] / "digits" / version))
     serve = loaded.signatures["serving_default"]
-    images = held_back_images()
+    label_names = (runs["data"] / "labels.txt").read_text().split()
+    images = held_back_images(label_names)
     result = serve(image_bytes=tf.constant([b for b, _ in images]))
     probs = result["probabilities"].numpy()
     assert probs.shape == (len(images), CLASSES)
@@ -109,7 +113,7 @@ def test_pushed_model_classifies_held_back_raw_bytes(runs):
     accuracy = float((predicted == labels).mean())
     assert accuracy >= 0.6, "held-back accuracy %.2f (chance %.2f)" % (accuracy, 1 / CLASSES)
     names = [n.decode() for n in result["class_name"].numpy()]
-    assert names == [["zero", "one", "two"][i] for i in predicted]
+    assert names == [label_names[i] for i in predicted]
 
 
 def test_identical_rerun_trains_nothing_and_pushes_nothing(runs):
@@ -182,7 +186,8 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     graph_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["Transform"])
                      if "transform_graph" in a.uri)
     examples_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["ImportExampleGen"]))
-    cfg = {"image_key": "image", "label_key": "label", "label_names": ["zero", "one", "two"]}
+    cfg = {"image_key": "image", "label_key": "label",
+           "label_names": (runs["data"] / "labels.txt").read_text().split()}
     tft_out = tft.TFTransformOutput(graph_uri)
     pattern = os.path.join(examples_uri, "Split-eval", "*")
     trainer_ds = dataset.make_dataset([pattern], tft_out, cfg, batch_size=64, training=False,

@@ -1,0 +1,92 @@
+"""Shared helpers for the benchmarks: machine description, process-tree RSS sampling,
+directory sizes, and the flowers-dev location (skipped cleanly when absent)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FLOWERS = REPO.parent / "shared" / "data" / "flowers-dev"
+RESULTS = REPO / "bench" / "results"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import tensorflow as tf
+    return {"cores": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem_gb, 1),
+            "gpu": bool(tf.config.list_physical_devices("GPU")),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def dir_bytes(path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+class PeakRss:
+    """Samples the RSS of a process and all its children (Beam workers) every 0.5 s."""
+
+    def __init__(self, pid: int):
+        import psutil
+        self.proc = psutil.Process(pid)
+        self.peak_tree = 0
+        self.peak_single = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import psutil
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc] + self.proc.children(recursive=True)
+                rss = []
+                for p in procs:
+                    try:
+                        rss.append(p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                self.peak_tree = max(self.peak_tree, sum(rss))
+                self.peak_single = max([self.peak_single] + rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(cmd: list, log_path: Path, env=None) -> dict:
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        rss = PeakRss(proc.pid)
+        code = proc.wait()
+        rss.stop()
+    return {"returncode": code, "seconds": round(time.time() - start, 1),
+            "peak_rss_tree_mb": round(rss.peak_tree / 2**20),
+            "peak_rss_single_mb": round(rss.peak_single / 2**20)}
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
