@@ -1,7 +1,8 @@
 """Serving signatures of the exported SavedModel.
 
 - `serving_default`: raw encoded image bytes `image_bytes` (DT_STRING [None]) ->
-  `probabilities` [None, n], `class_index` int64 [None], `class_name` string [None].
+  `probabilities` [None, n], `class_index` int64 [None], `class_name` string [None],
+  `class_names` string [None, n] (the vocabulary, per row).
   Preprocessing is the Transform graph itself (tft_layer), never a re-implementation.
 - `serve_tf_examples`: serialized tf.Example [None] -> `probabilities` (what TFX users and
   TFMA's Evaluator call).
@@ -42,8 +43,12 @@ def make_signatures(model, tf_transform_output, custom_config: dict) -> dict:
         raw = {image_key: _bytes_as_raw_feature(image_bytes, image_spec)}
         probs = predict(model.tft_layer(raw))
         index = tf.argmax(probs, axis=-1)
+        batch = tf.shape(probs)[0]
         return {"probabilities": probs, "class_index": index,
-                "class_name": tf.gather(label_names, index)}
+                "class_name": tf.gather(label_names, index),
+                # Every class's name per row, so clients can name the top-k (and REST's
+                # row format, which needs a batch dimension on every output, works).
+                "class_names": tf.tile(label_names[tf.newaxis], [batch, 1])}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_examples(serialized):

@@ -7,10 +7,11 @@ TensorFlow is not imported). Works against `graft serve` and the real tensorflow
 
 Output per image: the file, then top-k lines '  CLASS_NAME PROBABILITY'; with --json one line
 per image: {"file", "predictions": [{"class", "index", "probability"}, ...]} sorted by
-probability. The signature names only the argmax class (`class_name`), so names of other
-classes are learned from the argmax of the other images in the same run; a class never seen
-as an argmax prints as '#INDEX' (JSON "class": null). Results are printed after all requests
-have finished; failures go to stderr as 'error: FILE: MESSAGE'. Exit status 1 if any failed.
+probability. Class names come from the signature's `class_names` output (graft models have
+it); for a model with only `class_name`, names of other classes are learned from the argmax
+of the other images in the same run, and a class never seen prints as '#INDEX' (JSON null).
+Results are printed after all requests have finished; failures go to stderr as
+'error: FILE: MESSAGE'. Exit status 1 if any failed.
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def build_request(data: bytes, model: str, version: int | None = None,
     return request
 
 
-def parse_response(response) -> tuple[list[float], int, str | None]:
-    """(probabilities of the single image, argmax index, argmax class name or None)."""
+def parse_response(response) -> tuple[list[float], int, str | None, list | None]:
+    """(probabilities of the single image, argmax index, argmax class name or None,
+    every class's name or None)."""
     outputs = response.outputs
     probs = protos.to_ndarray(outputs["probabilities"]).reshape(-1).tolist()
     if "class_index" in outputs:
@@ -47,7 +49,12 @@ def parse_response(response) -> tuple[list[float], int, str | None]:
     if "class_name" in outputs:
         raw = protos.to_ndarray(outputs["class_name"]).reshape(-1)[0]
         name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return probs, index, name
+    all_names = None
+    if "class_names" in outputs:
+        all_names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n)
+                     for n in protos.to_ndarray(outputs["class_names"]).reshape(-1)]
+        all_names = all_names[:len(probs)]
+    return probs, index, name, all_names
 
 
 def _rpc_message(error) -> str:
@@ -81,13 +88,15 @@ def main(args: argparse.Namespace) -> int:
         try:
             response = stub.Predict(build_request(data, args.model, args.version),
                                     timeout=args.timeout)
-            probs, index, name = parse_response(response)
+            probs, index, name, all_names = parse_response(response)
         except grpc.RpcError as e:
             results.append((path, _rpc_message(e)))
             continue
         except (ValueError, KeyError, IndexError) as e:
             results.append((path, f"unexpected response: {e}"))
             continue
+        if all_names:
+            names.update(enumerate(all_names))
         if name is not None:
             names[index] = name
         results.append((path, (probs, index)))

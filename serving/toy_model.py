@@ -1,7 +1,7 @@
 """A tiny SavedModel with graft's serving contract, for tests and the serving benchmark.
 
 `serving_default`: `image_bytes` DT_STRING [None] -> `probabilities` float32 [None, 3],
-`class_index` int64 [None], `class_name` string [None]. Each element is decoded with
+`class_index` int64 [None], `class_name` string [None], `class_names` string [None, n]. Each element is decoded with
 tf.io.decode_image(channels=3, expand_animations=False), resized to 16x16, and a fixed linear
 layer over the mean colour (scaled to 0..1) gives softmax probabilities over red/green/blue.
 Variant 1 maps red->red, variant 2 permutes the classes (red->green...), so a hot swap is
@@ -52,7 +52,8 @@ def build(export_dir: str, variant: int = 1) -> str:
             probs = self._probs(image_bytes)
             index = tf.argmax(probs, axis=-1)
             return {"probabilities": probs, "class_index": index,
-                    "class_name": tf.gather(self.names, index)}
+                    "class_name": tf.gather(self.names, index),
+                    "class_names": tf.tile(self.names[tf.newaxis], [tf.shape(probs)[0], 1])}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serve_examples(self, serialized):

@@ -256,7 +256,7 @@ def test_metadata_and_status(server):
     default = sig_map.signature_def["serving_default"]
     assert default.inputs["image_bytes"].dtype == 7
     assert [d.size for d in default.inputs["image_bytes"].tensor_shape.dim] == [-1]
-    assert set(default.outputs) == {"probabilities", "class_index", "class_name"}
+    assert set(default.outputs) == {"probabilities", "class_index", "class_name", "class_names"}
     assert default.outputs["probabilities"].dtype == 1
     assert default.outputs["class_index"].dtype == 9
     assert "serve_tf_examples" in sig_map.signature_def
