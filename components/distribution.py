@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import tensorflow as tf
 import tf_keras
@@ -47,3 +48,16 @@ def is_chief() -> bool:
     if "chief" in cluster:
         return task.get("type") == "chief"
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def save_path(path: str) -> str:
+    """Where this process saves a model meant for `path`.
+
+    Under MultiWorkerMirroredStrategy saving is collective (sync-on-read variables such as
+    BatchNormalization statistics are all-reduced), so EVERY worker must call model.save: a
+    chief saving alone fails once the other workers have returned. The chief saves to `path`;
+    the others to a throwaway local directory (remove it with shutil.rmtree afterwards).
+    """
+    if is_chief():
+        return path
+    return tempfile.mkdtemp(prefix="graft-worker-save-")

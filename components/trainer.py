@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 
 import tensorflow as tf
@@ -113,7 +114,13 @@ def run_fn(fn_args) -> None:
                "phase1": _best(phase1), "phase2": _best(phase2),
                "final_val_accuracy": float(final["accuracy"]),
                "final_val_loss": float(final["loss"])}
+    # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the chief
+    # to the real location, the others to a throwaway directory.
+    sigs = signatures.make_signatures(model, tf_transform_output, cfg)
+    save_dir = distribution.save_path(fn_args.serving_model_dir)
+    model.save(save_dir, save_format="tf", signatures=sigs)
     if not distribution.is_chief():
+        shutil.rmtree(save_dir, ignore_errors=True)
         return
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
@@ -122,6 +129,4 @@ def run_fn(fn_args) -> None:
                            "w") as f:
         json.dump(summary, f, indent=1)
     plot_history([phase1, phase2], os.path.join(fn_args.model_run_dir, "history.png"))
-    sigs = signatures.make_signatures(model, tf_transform_output, cfg)
-    model.save(fn_args.serving_model_dir, save_format="tf", signatures=sigs)
     print("graft trainer: %s" % json.dumps(summary))
