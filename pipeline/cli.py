@@ -34,6 +34,51 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return client.main(args)
 
 
+def _cmd_kubeflow_compile(args: argparse.Namespace) -> int:
+    from pipeline import kubeflow_runner
+    return kubeflow_runner.main(args)
+
+
+def _cmd_kubeflow_submit(args: argparse.Namespace) -> int:
+    from pipeline import kubeflow_submit
+    return kubeflow_submit.main(args)
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from pipeline import retrain
+    return retrain.main(args)
+
+
+def _add_kubeflow_parsers(sub) -> None:
+    from pipeline import configs, kubeflow_runner
+    k = configs.KubeflowSettings()
+    kf = sub.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines 2.x, submit "
+                        "runs and schedules (kubeflow/README.md)")
+    kf_sub = kf.add_subparsers(dest="kubeflow_command", metavar="ACTION")
+    kf_sub.required = True
+    p = kf_sub.add_parser("compile", help="write the KFP pipeline spec (YAML)",
+                          description="Compile the graft DAG with TFX's KubeflowV2DagRunner; "
+                          "the Trainer requests GPUs.")
+    kubeflow_runner.add_compile_arguments(p)
+    p.set_defaults(func=_cmd_kubeflow_compile)
+    p = kf_sub.add_parser("submit", help="upload the spec and start a run or a cron schedule")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://127.0.0.1:8080")
+    p.add_argument("--package", default=k.package, help="spec to upload (default %(default)s)")
+    p.add_argument("--experiment", default=k.experiment, help="default %(default)s")
+    p.add_argument("--run-name", default=None, help="run (or recurring run) display name")
+    p.add_argument("--pipeline-name", default=None, help="default: the spec's pipeline name")
+    p.add_argument("--schedule", default=None, metavar="CRON",
+                   help="recurring run on this cron ('0 3 * * *' or KFP's 6-field form)")
+    p.add_argument("--max-concurrency", type=int, default=k.max_concurrency,
+                   help="concurrent runs of the schedule (default %(default)s)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="run parameter (data_root, serving_dir); repeatable")
+    p.add_argument("--pipeline-root", default=None, help="override the spec's pipeline root")
+    p.add_argument("--namespace", default=None, help="multi-user KFP: the profile namespace")
+    p.add_argument("--service-account", default=None)
+    p.set_defaults(func=_cmd_kubeflow_submit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graft",
@@ -112,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object per line and image")
     p.set_defaults(func=_cmd_predict)
+
+    _add_kubeflow_parsers(sub)
+
+    p = sub.add_parser(
+        "retrain",
+        help="run the pipeline only if the newest span of --data is not trained yet",
+        description="Scheduled retraining on this machine (cron, systemd timer): runs `graft "
+        "run` when the newest span-N of DATA has no finished Trainer in OUTPUT/metadata.sqlite; "
+        "exits 0 with 'nothing new' otherwise, 3 when another retrain holds "
+        "OUTPUT/retrain.lock (kubeflow/README.md).",
+    )
+    configs.add_run_arguments(p)
+    p.set_defaults(func=_cmd_retrain)
     return parser
 
 

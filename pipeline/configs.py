@@ -173,3 +173,21 @@ def from_args(args: argparse.Namespace, data_dir: str, label_names: tuple,
     if args.no_augment:
         cfg.augment = False
     return cfg
+
+
+@dataclasses.dataclass
+class KubeflowSettings:
+    """Deployment defaults of `graft kubeflow compile|submit` (what the pipeline does stays in
+    PipelineConfig; this only says where and on what it runs)."""
+
+    target: str = "kfp"                     # 'kfp' (open-source Kubeflow Pipelines 2.x) or 'vertex'
+    project_dir: str = "/app"               # where the image installs this project
+    gpus: int = 1                           # Trainer accelerators
+    gpu_type: str = "nvidia.com/gpu"        # a Kubernetes resource name on KFP
+    trainer_cpu: float = 8.0
+    trainer_memory_gb: float = 32.0
+    cpu: float = 4.0                        # every other component (Beam DirectRunner)
+    memory_gb: float = 16.0
+    package: str = "kubeflow/pipeline.yaml"
+    experiment: str = "graft"
+    max_concurrency: int = 1

@@ -54,19 +54,31 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
 def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] = None,
                     metadata_connection_config=None,
-                    trainer_platform_config=None) -> tfx.dsl.Pipeline:
+                    trainer_platform_config=None,
+                    span_window: bool = True, baseline: bool = True) -> tfx.dsl.Pipeline:
+    """The DAG. For Kubeflow (pipeline/kubeflow_runner.py): span_window=False feeds
+    ExampleGen's latest span straight to Transform, Trainer and Evaluator (the same data when
+    num_spans == 1; TFX's KubeflowV2 compiler has no SpanRangeStrategy); baseline=False drops
+    the latest-blessed-model resolver (open-source KFP runs no resolver), so the blessing is
+    the accuracy floor alone."""
     input_config = tfx.proto.Input(splits=[
         tfx.proto.Input.Split(name="train", pattern=config.train_pattern),
         tfx.proto.Input.Split(name="eval", pattern=config.eval_pattern),
     ])
     example_gen = tfx.components.ImportExampleGen(input_base=config.data_dir,
                                                   input_config=input_config)
-    span_window = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
-        config={"range_config": range_config_pb2.RangeConfig(
-            rolling_range=range_config_pb2.RollingRange(num_spans=config.num_spans))},
-        examples=example_gen.outputs["examples"]).with_id("span_window")
-    examples = span_window.outputs["examples"]
+    if span_window:
+        span_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
+            config={"range_config": range_config_pb2.RangeConfig(
+                rolling_range=range_config_pb2.RollingRange(num_spans=config.num_spans))},
+            examples=example_gen.outputs["examples"]).with_id("span_window")
+        examples = span_resolver.outputs["examples"]
+    elif config.num_spans != 1:
+        raise ValueError("num_spans=%d needs the span_window resolver" % config.num_spans)
+    else:
+        span_resolver = None
+        examples = example_gen.outputs["examples"]
 
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
@@ -95,10 +107,11 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    ).with_id("latest_blessed_model_resolver") if baseline else None
     evaluator = tfx.components.Evaluator(
         examples=examples, model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"], eval_config=eval_config(config))
+        baseline_model=model_resolver.outputs["model"] if baseline else None,
+        eval_config=eval_config(config))
 
     pusher = VersionedPusher(model=trainer.outputs["model"],
                              model_blessing=evaluator.outputs["blessing"],
@@ -108,8 +121,9 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, span_window, statistics_gen, schema_gen, example_validator,
-                    data_gate, transform, trainer, model_resolver, evaluator, pusher],
+        components=[c for c in (example_gen, span_resolver, statistics_gen, schema_gen,
+                                example_validator, data_gate, transform, trainer,
+                                model_resolver, evaluator, pusher) if c is not None],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])
