@@ -6,7 +6,9 @@ subcommand's handler so that `graft --help` answers instantly.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 
 
 def _cmd_make_tfrecords(args: argparse.Namespace) -> int:
@@ -173,7 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet() -> None:
+    """Keep TensorFlow's C++ start-up chatter and Google client FutureWarnings out of the
+    user's terminal (inherited by Beam worker processes); explicit settings win."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet()
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

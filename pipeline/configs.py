@@ -18,11 +18,11 @@ DEFAULT_MODEL_NAME = "graft"
 
 # The embedded offline demo data set (scikit-learn's digits, see pipeline/data/demo_dataset.py):
 # small images, so a small input size and few epochs keep `graft run` under 10 minutes on 2 cores.
-DEMO_PER_CLASS = 40
+DEMO_PER_CLASS = 60
 DEMO_PNG_SIZE = 64
 DEMO_IMAGE_SIZE = 96
-DEMO_EPOCHS = 6
-DEMO_FINE_TUNE_EPOCHS = 2
+DEMO_EPOCHS = 15
+DEMO_FINE_TUNE_EPOCHS = 3
 
 
 @dataclasses.dataclass
