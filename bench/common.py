@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FLOWERS = REPO.parent / "shared" / "data" / "flowers-dev"
+FLOWERS = Path(os.environ.get("GRAFT_FLOWERS_DIR", REPO.parent / "shared" / "data" / "flowers-dev"))
 RESULTS = REPO / "bench" / "results"
 
 
