@@ -40,12 +40,16 @@ def dir_bytes(path) -> int:
 
 
 class PeakRss:
-    """Samples the RSS of a process and all its children (Beam workers) every 0.5 s."""
+    """Samples the memory of a process and all its children (Beam workers) every 0.5 s:
+    the sum of RSS (overcounts pages the workers share, e.g. TensorFlow's libraries), the
+    sum of PSS (shared pages split between their users: the honest total) and the largest
+    single RSS."""
 
     def __init__(self, pid: int):
         import psutil
         self.proc = psutil.Process(pid)
         self.peak_tree = 0
+        self.peak_pss = 0
         self.peak_single = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -56,13 +60,16 @@ class PeakRss:
         while not self._stop.is_set():
             try:
                 procs = [self.proc] + self.proc.children(recursive=True)
-                rss = []
+                rss, pss = [], []
                 for p in procs:
                     try:
-                        rss.append(p.memory_info().rss)
+                        info = p.memory_full_info()
+                        rss.append(info.rss)
+                        pss.append(info.pss)
                     except psutil.Error:
                         pass
                 self.peak_tree = max(self.peak_tree, sum(rss))
+                self.peak_pss = max(self.peak_pss, sum(pss))
                 self.peak_single = max([self.peak_single] + rss)
             except psutil.Error:
                 pass
@@ -82,6 +89,7 @@ def run_measured(cmd: list, log_path: Path, env=None) -> dict:
         rss.stop()
     return {"returncode": code, "seconds": round(time.time() - start, 1),
             "peak_rss_tree_mb": round(rss.peak_tree / 2**20),
+            "peak_pss_tree_mb": round(rss.peak_pss / 2**20),
             "peak_rss_single_mb": round(rss.peak_single / 2**20)}
 
 

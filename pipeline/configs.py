@@ -118,6 +118,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="phase 1 maximum epochs (default %d)" % d.epochs)
     p.add_argument("--fine-tune-epochs", type=int, default=None,
                    help="phase 2 maximum epochs, 0 skips it (default %d)" % d.fine_tune_epochs)
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="phase 1 learning rate (default %g)" % d.learning_rate)
+    p.add_argument("--fine-tune-learning-rate", type=float, default=None,
+                   help="phase 2 learning rate, 10-100x lower (default %g)"
+                   % d.fine_tune_learning_rate)
     p.add_argument("--fine-tune-layers", type=int, default=None,
                    help="top base layers unfrozen in phase 2 (default %d)" % d.fine_tune_layers)
     p.add_argument("--image-size", type=int, default=None,
@@ -163,6 +168,8 @@ def from_args(args: argparse.Namespace, data_dir: str, label_names: tuple,
     overrides = {"min_accuracy": args.min_accuracy, "epochs": args.epochs,
                  "fine_tune_epochs": args.fine_tune_epochs,
                  "fine_tune_layers": args.fine_tune_layers, "image_size": args.image_size,
+                 "learning_rate": args.learning_rate,
+                 "fine_tune_learning_rate": args.fine_tune_learning_rate,
                  "batch_size": args.batch_size, "image_key": args.image_key,
                  "label_key": args.label_key, "num_spans": args.num_spans,
                  "train_pattern": args.train_pattern, "eval_pattern": args.eval_pattern,
