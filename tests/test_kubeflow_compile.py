@@ -162,6 +162,23 @@ def test_labels_needed_for_remote_data(tmp_path, capsys):
     assert "--labels" in capsys.readouterr().err
 
 
+def test_labels_read_from_a_local_data_dir(tmp_path):
+    from pipeline import cli
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "labels.txt").write_text("cat\ndog\nfox\n")
+    out = tmp_path / "l.yaml"
+    args = ["kubeflow", "compile", "--image", IMAGE, "--pipeline-root", "gs://B/g",
+            "--data", str(tmp_path / "data"), "--output", str(out)]
+    assert cli.main(args) == 0
+    spec = yaml.safe_load(out.read_text())
+    trainer = spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]
+    config = json.loads(trainer["custom_config"]["runtimeValue"]["constant"])
+    assert config["label_names"] == ["cat", "dog", "fox"]
+    gate = spec["root"]["dag"]["tasks"]["DataGate"]["inputs"]["parameters"]
+    assert gate["num_classes"]["runtimeValue"]["constant"] == 3
+
+
 def test_example_gen_entry_point_resolves_the_span(compiled, tmp_path):
     """The OSS ImportExampleGen container: TFX's driver then executor, for real."""
     from pipeline.data import demo_dataset
