@@ -29,8 +29,11 @@ PARAM_SERVING = "serving_dir"
 MODULE_FILES = {"Transform": "transform.py", "Trainer": "trainer.py"}
 # PipelineConfig fields that `graft kubeflow compile` takes as flags (same names as `graft run`).
 MODEL_FLAGS = ("backbone", "weights", "model_name", "min_accuracy", "epochs", "fine_tune_epochs",
-               "fine_tune_layers", "image_size", "batch_size", "image_key", "label_key",
-               "train_pattern", "eval_pattern")
+               "fine_tune_layers", "image_size", "batch_size", "learning_rate",
+               "fine_tune_learning_rate", "image_key", "label_key", "train_pattern",
+               "eval_pattern")
+FLOAT_FLAGS = ("min_accuracy", "learning_rate", "fine_tune_learning_rate")
+INT_FLAGS = ("epochs", "fine_tune_epochs", "fine_tune_layers", "image_size", "batch_size")
 
 
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,8 +70,7 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    "--direct_running_mode=multi_processing --direct_num_workers=0)")
     p.add_argument("--num-spans", type=int, default=None, help=argparse.SUPPRESS)
     for name in MODEL_FLAGS:
-        kind = float if name == "min_accuracy" else int if name in (
-            "epochs", "fine_tune_epochs", "fine_tune_layers", "image_size", "batch_size") else str
+        kind = float if name in FLOAT_FLAGS else int if name in INT_FLAGS else str
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help="as in `graft run`")
 

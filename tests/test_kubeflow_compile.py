@@ -125,7 +125,8 @@ def test_committed_spec_is_the_default_compile(compiled):
 def test_flags_change_gpus_project_dir_and_params(tmp_path):
     spec = compile_to(tmp_path / "p.yaml", "--gpus", 2, "--gpu-type", "nvidia.com/mig-1g.10gb",
                       "--project-dir", "/opt/graft", "--serving-dir", "s3://models/graft",
-                      "--min-accuracy", 0.9, "--cpu", 2, "--memory", 6,
+                      "--min-accuracy", 0.9, "--cpu", 2, "--memory", 6, "--epochs", 3,
+                      "--learning-rate", 0.01,
                       "--beam-args=--runner=DirectRunner --direct_num_workers=2")
     trainer = _container(spec, "Trainer")
     assert trainer["resources"]["accelerator"] == {"type": "nvidia.com/mig-1g.10gb",
@@ -140,6 +141,9 @@ def test_flags_change_gpus_project_dir_and_params(tmp_path):
     eval_config = tasks["Evaluator"]["inputs"]["parameters"]["eval_config"]
     assert '"lower_bound": 0.9' in eval_config["runtimeValue"]["constant"]
     assert _container(spec, "StatisticsGen")["resources"]["memoryLimit"] == 6.0
+    config = json.loads(tasks["Trainer"]["inputs"]["parameters"]["custom_config"][
+        "runtimeValue"]["constant"])
+    assert config["epochs"] == 3 and config["learning_rate"] == 0.01
 
 
 def test_vertex_target_keeps_tfx_output(tmp_path):
