@@ -2,7 +2,9 @@
 
 The runner owns the paths (output dir, pipeline root, SQLite ML Metadata, serving dir),
 prepares the input data (embedded demo set, class folders, or image TFRecords), runs
-create_pipeline() and prints a summary read back from ML Metadata.
+create_pipeline() and prints a summary read back from ML Metadata, then writes
+OUTPUT/report.html (pipeline/report.py), failed runs included. A failure ends with one line
+`error: ...` on stderr (no traceback).
 """
 from __future__ import annotations
 
@@ -84,8 +86,10 @@ def main(args) -> int:
     try:
         data_dir, demo = prepare_data(args.data, os.path.abspath(args.output))
         config = configs.from_args(args, data_dir, configs.read_label_names(data_dir), demo)
-    except (FileNotFoundError, ValueError) as e:
-        print("error: %s" % e, file=sys.stderr)
+    except (OSError, ValueError) as e:
+        from pipeline import run_summary
+        print("error: %s" % run_summary.error_line(e, os.path.abspath(args.output)),
+              file=sys.stderr)
         return 2
     config.code_version = code_version()
     print("graft run: %d classes from %s, backbone %s, output %s"
@@ -96,6 +100,24 @@ def main(args) -> int:
         run(config)
     except Exception as e:  # the summary still says which components finished
         failed = e
-    from pipeline import run_summary
-    print(run_summary.format_summary(config, time.time() - start, failed))
-    return 1 if failed else 0
+    return finish(config, start, failed)
+
+
+def finish(config: configs.PipelineConfig, start: float, failed: Exception | None) -> int:
+    """Summary, report, and for a failure one last `error: ...` line on stderr."""
+    from pipeline import report, run_summary
+    try:
+        print(run_summary.format_summary(config, time.time() - start, failed, since=start),
+              flush=True)
+    except Exception as e:  # noqa: BLE001 - e.g. a full disk; the error line still comes
+        print("graft run summary unavailable: %s" % run_summary.root_message(e), flush=True)
+    try:
+        print("  report: %s" % report.write(config, time.time() - start, failed, since=start),
+              flush=True)
+    except Exception as e:  # noqa: BLE001
+        print("  report: not written (%s)" % run_summary.root_message(e), flush=True)
+    if failed is not None:
+        print("error: %s" % run_summary.error_line(failed, config.output_dir), file=sys.stderr,
+              flush=True)
+        return 1
+    return 0

@@ -1,6 +1,7 @@
 """create_pipeline(): the graft TFX DAG, pure (no I/O), shared by every runner.
 
-ImportExampleGen -> span window (SpanRangeStrategy) -> StatisticsGen -> SchemaGen ->
+ImportExampleGen -> ImageCheck (drops records whose image does not decode) ->
+span window (SpanRangeStrategy) -> StatisticsGen -> SchemaGen ->
 ExampleValidator -> DataGate -> Transform (materialize=False) -> Trainer ->
 latest blessed model (LatestBlessedModelStrategy) -> Evaluator -> VersionedPusher.
 """
@@ -14,6 +15,7 @@ from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
 from components.custom.data_gate import DataGate
+from components.custom.image_check import DEFAULT_MAX_BAD_FRACTION, ImageCheck
 from components.custom.pusher import VersionedPusher
 from pipeline.configs import PipelineConfig
 
@@ -55,32 +57,38 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] = None,
                     metadata_connection_config=None,
                     trainer_platform_config=None,
-                    span_window: bool = True, baseline: bool = True) -> tfx.dsl.Pipeline:
+                    span_window: bool = True, baseline: bool = True,
+                    max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
+                    ) -> tfx.dsl.Pipeline:
     """The DAG. For Kubeflow (pipeline/kubeflow_runner.py): span_window=False feeds
     ExampleGen's latest span straight to Transform, Trainer and Evaluator (the same data when
     num_spans == 1; TFX's KubeflowV2 compiler has no SpanRangeStrategy); baseline=False drops
     the latest-blessed-model resolver (open-source KFP runs no resolver), so the blessing is
-    the accuracy floor alone."""
+    the accuracy floor alone. ImageCheck fails the run when more than
+    max_bad_image_fraction of a split has images that do not decode."""
     input_config = tfx.proto.Input(splits=[
         tfx.proto.Input.Split(name="train", pattern=config.train_pattern),
         tfx.proto.Input.Split(name="eval", pattern=config.eval_pattern),
     ])
     example_gen = tfx.components.ImportExampleGen(input_base=config.data_dir,
                                                   input_config=input_config)
+    image_check = ImageCheck(examples=example_gen.outputs["examples"], image_key=config.image_key,
+                             label_key=config.label_key, max_bad_fraction=max_bad_image_fraction)
+    checked = image_check.outputs["cleaned_examples"]  # every reader below uses these
     if span_window:
         span_resolver = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
             config={"range_config": range_config_pb2.RangeConfig(
                 rolling_range=range_config_pb2.RollingRange(num_spans=config.num_spans))},
-            examples=example_gen.outputs["examples"]).with_id("span_window")
+            examples=checked).with_id("span_window")
         examples = span_resolver.outputs["examples"]
     elif config.num_spans != 1:
         raise ValueError("num_spans=%d needs the span_window resolver" % config.num_spans)
     else:
         span_resolver = None
-        examples = example_gen.outputs["examples"]
+        examples = checked
 
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = tfx.components.StatisticsGen(examples=checked)
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
@@ -121,7 +129,8 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[c for c in (example_gen, span_resolver, statistics_gen, schema_gen,
+        components=[c for c in (example_gen, image_check, span_resolver, statistics_gen,
+                                schema_gen,
                                 example_validator, data_gate, transform, trainer,
                                 model_resolver, evaluator, pusher) if c is not None],
         enable_cache=True,

@@ -217,3 +217,41 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     keras_model = tf_keras.models.load_model(pushed_dir)
     in_memory = keras_model(trainer_images, training=False).numpy()
     assert np.abs(served_probs - in_memory).max() <= 1e-5
+
+
+# --- run report (pipeline/report.py): OUTPUT/report.html of the last run (the floor run) ---
+
+def _label_counts(data: Path, split: str) -> dict:
+    import tensorflow as tf
+
+    counts: dict = {}
+    for shard in (data / "span-1" / split).iterdir():
+        for record in tf.data.TFRecordDataset(str(shard)):
+            label = tf.train.Example.FromString(record.numpy()).features.feature["label"]
+            counts[label.int64_list.value[0]] = counts.get(label.int64_list.value[0], 0) + 1
+    return counts
+
+
+def test_report_written_by_every_run(runs):
+    for name in ("first", "second", "third", "floor"):
+        assert "report: %s" % (runs["out"] / "report.html") in runs[name].stdout
+
+
+def test_report_has_counts_blessing_recall_and_images(runs):
+    import re
+
+    html = (runs["out"] / "report.html").read_text()
+    label_names = (runs["data"] / "labels.txt").read_text().split()
+    train, evals = _label_counts(runs["data"], "train"), _label_counts(runs["data"], "eval")
+    rows = re.findall(r'<tr class="class-count"><td>(\w+)</td><td class="num">(\d+)</td>'
+                      r'<td class="num">(\d+)</td></tr>', html)
+    assert rows == [(name, str(train[i]), str(evals[i])) for i, name in enumerate(label_names)]
+    assert '<p class="blessing">blessed: no' in html  # the floor run
+    assert "below the floor 1.01" in html
+    recalls = re.findall(r'<tr class="recall"><td>(\w+)</td><td class="num">([\d.]+)</td>', html)
+    assert [name for name, _ in recalls] == label_names
+    assert all(0.0 <= float(value) <= 1.0 for _, value in recalls)
+    assert html.count('src="data:image/png;base64,') >= 2  # training curves, confusion matrix
+    for node in ("ImageCheck", "Trainer", "Evaluator", "VersionedPusher"):
+        assert ">%s</td>" % node in html
+    assert "Bad images: none." in html

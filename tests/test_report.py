@@ -1,0 +1,139 @@
+"""The run report without a pipeline: the HTML writer on synthetic facts, TFMA parsing
+helpers, a report of a run that failed before ML Metadata existed, and (when chromium is
+installed) a headless render. The report of real runs is checked at the end of
+tests/test_pipeline_e2e.py (it reuses that module's runs)."""
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from pipeline import configs, report, report_html
+
+NAMES = ["cat", "dog", "fish"]
+
+
+def _png() -> str:
+    return base64.b64encode(report.confusion_png([[5, 1, 0], [0, 6, 0], [1, 0, 4]], NAMES)
+                            ).decode()
+
+
+def synthetic_facts(**overrides) -> dict:
+    facts = {
+        "title": "graft run report", "generated": "2030-01-01 00:00:00", "seconds": 93.0,
+        "output_dir": "/out", "data_dir": "/data", "backbone": "efficientnet_lite0",
+        "model_name": "pets", "min_accuracy": 0.5, "label_names": NAMES, "failed": None,
+        "components": [{"node": "ImportExampleGen", "state": "CACHED", "seconds": 0.0},
+                       {"node": "ImageCheck", "state": "COMPLETE", "seconds": 1.5},
+                       {"node": "Trainer", "state": "COMPLETE", "seconds": 80.2}],
+        "data": {"label_names": NAMES, "span": 3,
+                 "splits": {"train": {"records": 31, "bad": 1,
+                                      "label_counts": {"0": 10, "1": 11, "2": 9}},
+                            "eval": {"records": 17, "bad": 0,
+                                     "label_counts": {"0": 6, "1": 6, "2": 5}}},
+                 "bad_records": [{"split": "train", "file": "Split-train/d-0.gz", "index": 4,
+                                  "filename": "cats/<broken>.jpg", "label": 0,
+                                  "error": "jpeg::Uncompress failed"}],
+                 "anomalies": {"train": [], "eval": ["feature 'label': new value"]}},
+        "data_gate": "COMPLETE",
+        "training": {"summary": {"phase1": {"epoch": 3, "epochs_run": 5, "val_accuracy": 0.8,
+                                            "val_loss": 0.5, "seconds": 40},
+                                 "phase2": {}, "final_val_accuracy": 0.82},
+                     "history_png": _png()},
+        "evaluation": {"accuracy": 0.8235, "example_count": 17.0, "model": "candidate",
+                       "recall": {0: 0.8333, 1: 1.0, 2: 0.6}, "confusion": [[5, 1, 0]],
+                       "confusion_png": _png(), "failures": []},
+        "blessing": {"blessed": True, "reason": "eval accuracy 0.8235 >= the floor 0.500"},
+        "push": {"pushed": 1, "pushed_version": 17, "pushed_destination": "/srv/pets/17",
+                 "push_reason": "pushed as version 17"},
+        "notes": [],
+    }
+    facts.update(overrides)
+    return facts
+
+
+def test_html_has_counts_blessing_recall_images_and_no_external_assets():
+    html = report_html.render(synthetic_facts())
+    assert html.startswith("<!DOCTYPE html>")
+    rows = re.findall(r'<tr class="class-count"><td>(\w+)</td><td class="num">(\d+)</td>'
+                      r'<td class="num">(\d+)</td></tr>', html)
+    assert rows == [("cat", "10", "6"), ("dog", "11", "6"), ("fish", "9", "5")]
+    assert "blessed: yes" in html and "BLESSED, PUSHED" in html
+    assert "/srv/pets/17" in html
+    recalls = re.findall(r'<tr class="recall"><td>(\w+)</td><td class="num">([\d.]+)</td>', html)
+    assert recalls == [("cat", "0.8333"), ("dog", "1.0000"), ("fish", "0.6000")]
+    assert html.count('src="data:image/png;base64,') == 2
+    assert "cats/&lt;broken&gt;.jpg" in html  # escaped
+    assert "feature &#x27;label&#x27;: new value" in html
+    assert "80.2 s" in html and "cached" in html
+    for external in ("http://", "https://", "<link", "<script", "@import"):
+        assert external not in html
+
+
+def test_failed_and_not_blessed_runs():
+    html = report_html.render(synthetic_facts(
+        failed="CorruptImages: split 'eval': 5 of 17 records <bad>", blessing={}, push={},
+        evaluation={}, training={}))
+    assert "FAILED" in html and "split &#x27;eval&#x27;: 5 of 17 records &lt;bad&gt;" in html
+    assert "blessed: unknown" in html and "not pushed: the pusher did not run" in html
+    html = report_html.render(synthetic_facts(
+        blessing={"blessed": False, "reason": "sparse_categorical_accuracy 0.4 below the "
+                  "floor 0.5"},
+        push={"pushed": 0, "push_reason": "model not blessed by the Evaluator"}))
+    assert "NOT BLESSED" in html and "blessed: no" in html and "below the floor 0.5" in html
+    assert "not pushed: model not blessed by the Evaluator" in html
+
+
+def test_confusion_matrix_fills_tfma_omitted_zero_ids():
+    plots = [((), {"": {"": {"multiClassConfusionMatrixAtThresholds": {"matrices": [{
+        "entries": [{"numWeightedExamples": 4.0},
+                    {"actualClassId": 1, "predictedClassId": 2, "numWeightedExamples": 1.0},
+                    {"actualClassId": 2, "numWeightedExamples": 2.0},
+                    {"actualClassId": 2, "predictedClassId": -1, "numWeightedExamples": 9.0}]
+    }]}}}})]
+    assert report.confusion_matrix(plots, 3) == [[4, 0, 0], [0, 0, 1], [2, 0, 0]]
+    assert report.confusion_matrix([], 3) is None
+
+
+def test_validation_failure_in_words():
+    from tensorflow_model_analysis.proto import validation_result_pb2
+
+    failure = validation_result_pb2.ValidationFailure()
+    failure.metric_key.name = "sparse_categorical_accuracy"
+    failure.metric_value.double_value.value = 0.42
+    failure.metric_threshold.value_threshold.lower_bound.value = 0.5
+    assert report.failure_text(failure) == "sparse_categorical_accuracy 0.4200 below the floor 0.5"
+    failure = validation_result_pb2.ValidationFailure()
+    failure.metric_key.name = "sparse_categorical_accuracy"
+    failure.metric_key.is_diff = True
+    failure.metric_value.double_value.value = -0.05
+    failure.metric_threshold.change_threshold.absolute.value = -1e-10
+    assert "-0.0500 against the last blessed model" in report.failure_text(failure)
+
+
+def test_report_of_a_run_that_never_reached_ml_metadata(tmp_path):
+    config = configs.PipelineConfig(output_dir=str(tmp_path), label_names=tuple(NAMES))
+    path = report.write(config, 1.0, RuntimeError("boom <x>"))
+    html = open(path).read()
+    assert "RuntimeError: boom &lt;x&gt;" in html and "no ML Metadata" in html
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed")
+def test_renders_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    page.write_text(report_html.render(synthetic_facts()))
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", "--screenshot=%s" % shot,
+                    "--window-size=1200,1600", "file://%s" % page],
+                   check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 1600)
+    lo, hi = image.getextrema()
+    assert hi - lo > 100  # something was drawn, not a blank page
