@@ -35,6 +35,7 @@ class PipelineConfig:
     image_key: str = "image"                # tf.Example key of the encoded image bytes
     label_key: str = "label"                # tf.Example key of the int64 label
     num_spans: int = 1                      # rolling window of the last K spans
+    max_bad_image_fraction: float = 0.1     # ImageCheck fails a split with more bad images
     train_pattern: str = "span-{SPAN}/train/*"  # relative to data_dir
     eval_pattern: str = "span-{SPAN}/eval/*"
     # Model.
@@ -136,6 +137,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="eval files under --data (default %s)" % d.eval_pattern)
     p.add_argument("--num-spans", type=int, default=None,
                    help="train on a rolling window of the last K spans (default 1)")
+    p.add_argument("--max-bad-image-fraction", type=float, default=None,
+                   help="fail when more than this fraction of a split's images do not decode "
+                   "(default %g; fewer are dropped and listed in the report)"
+                   % d.max_bad_image_fraction)
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     p.add_argument("--beam-mode", choices=["multi_processing", "in_memory"], default=None,
                    help="Beam DirectRunner mode (default %s)" % d.beam_mode)
@@ -173,7 +178,8 @@ def from_args(args: argparse.Namespace, data_dir: str, label_names: tuple,
                  "batch_size": args.batch_size, "image_key": args.image_key,
                  "label_key": args.label_key, "num_spans": args.num_spans,
                  "train_pattern": args.train_pattern, "eval_pattern": args.eval_pattern,
-                 "beam_mode": args.beam_mode}
+                 "beam_mode": args.beam_mode,
+                 "max_bad_image_fraction": args.max_bad_image_fraction}
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)

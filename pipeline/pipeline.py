@@ -15,7 +15,7 @@ from tfx import v1 as tfx
 from tfx.proto import range_config_pb2
 
 from components.custom.data_gate import DataGate
-from components.custom.image_check import DEFAULT_MAX_BAD_FRACTION, ImageCheck
+from components.custom.image_check import ImageCheck
 from components.custom.pusher import VersionedPusher
 from pipeline.configs import PipelineConfig
 
@@ -57,15 +57,13 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] = None,
                     metadata_connection_config=None,
                     trainer_platform_config=None,
-                    span_window: bool = True, baseline: bool = True,
-                    max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
-                    ) -> tfx.dsl.Pipeline:
+                    span_window: bool = True, baseline: bool = True) -> tfx.dsl.Pipeline:
     """The DAG. For Kubeflow (pipeline/kubeflow_runner.py): span_window=False feeds
     ExampleGen's latest span straight to Transform, Trainer and Evaluator (the same data when
     num_spans == 1; TFX's KubeflowV2 compiler has no SpanRangeStrategy); baseline=False drops
     the latest-blessed-model resolver (open-source KFP runs no resolver), so the blessing is
     the accuracy floor alone. ImageCheck fails the run when more than
-    max_bad_image_fraction of a split has images that do not decode."""
+    config.max_bad_image_fraction of a split has images that do not decode."""
     input_config = tfx.proto.Input(splits=[
         tfx.proto.Input.Split(name="train", pattern=config.train_pattern),
         tfx.proto.Input.Split(name="eval", pattern=config.eval_pattern),
@@ -73,7 +71,7 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     example_gen = tfx.components.ImportExampleGen(input_base=config.data_dir,
                                                   input_config=input_config)
     image_check = ImageCheck(examples=example_gen.outputs["examples"], image_key=config.image_key,
-                             label_key=config.label_key, max_bad_fraction=max_bad_image_fraction)
+                             label_key=config.label_key, max_bad_fraction=config.max_bad_image_fraction)
     checked = image_check.outputs["cleaned_examples"]  # every reader below uses these
     if span_window:
         span_resolver = tfx.dsl.Resolver(
