@@ -2,7 +2,8 @@
 
 Reads the raw examples and maps the Transform graph over them (Transform ran with
 materialize=False), trains phase 1 (frozen base, new head) and phase 2 (top layers
-unfrozen, BatchNorm frozen, lower learning rate), and exports a SavedModel whose
+unfrozen, BatchNorm frozen, lower learning rate; its weights are kept only if it beats phase 1's
+validation loss), and exports a SavedModel whose
 signatures embed the same Transform graph. Writes `history.json`, `history.png`,
 `training_summary.json` and TensorBoard logs to the model-run directory.
 """
@@ -41,7 +42,7 @@ def _best(hist: dict) -> dict:
     i = min(range(len(hist["val_loss"])), key=lambda j: hist["val_loss"][j])
     return {"epoch": i + 1, "epochs_run": len(hist["val_loss"]),
             "val_loss": hist["val_loss"][i], "val_accuracy": hist["val_accuracy"][i],
-            "seconds": hist["seconds"]}
+            "seconds": hist["seconds"], "kept": hist.get("kept", True)}
 
 
 def plot_history(histories: list, path: str) -> None:
@@ -100,6 +101,7 @@ def run_fn(fn_args) -> None:
     phase1 = _fit(model, train_ds, eval_ds, int(cfg.get("epochs", 10)), patience, callbacks,
                   "phase 1")
     phase2 = {}
+    phase1_weights = model.get_weights()
     if int(cfg.get("fine_tune_epochs", 0)) > 0:
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, int(cfg.get("fine_tune_layers", 20)))
@@ -107,6 +109,13 @@ def run_fn(fn_args) -> None:
         print("graft trainer: phase 2 with %d trainable base layers" % unfrozen)
         phase2 = _fit(model, train_ds, eval_ds, int(cfg["fine_tune_epochs"]), patience,
                       callbacks, "phase 2")
+    if phase2 and _best(phase2).get("val_loss", float("inf")) > _best(phase1)["val_loss"]:
+        # Fine-tuning never makes the model worse: keep phase 1's weights.
+        model.set_weights(phase1_weights)
+        phase2["kept"] = False
+        print("graft trainer: phase 2 did not beat phase 1's validation loss; keeping phase 1")
+    elif phase2:
+        phase2["kept"] = True
     final = model.evaluate(eval_ds, verbose=0, return_dict=True)
 
     summary = {"backbone": backbone.name, "image_size": size, "global_batch": global_batch,

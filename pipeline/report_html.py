@@ -201,9 +201,12 @@ def _training(f: dict) -> str:
     for key in ("phase1", "phase2"):
         p = s.get(key) or {}
         if p:
+            label = key.replace("phase", "phase ")
+            if not p.get("kept", True):
+                label += " (not kept: no better than phase 1)"
             rows.append("<tr><td>%s</td><td class=\"num\">%s of %s</td><td class=\"num\">%s</td>"
                         "<td class=\"num\">%s</td><td class=\"num\">%.0f s</td></tr>"
-                        % (key.replace("phase", "phase "), p.get("epoch"), p.get("epochs_run"),
+                        % (label, p.get("epoch"), p.get("epochs_run"),
                            _num(p.get("val_accuracy")), _num(p.get("val_loss")),
                            p.get("seconds") or 0))
     table = ("<table><tr><th>phase</th><th class=\"num\">best epoch</th><th class=\"num\">"

@@ -106,9 +106,11 @@ def format_summary(config, seconds: float, failed: Exception | None = None,
     for phase in ("phase1", "phase2"):
         p = tr.get(phase) or {}
         if p:
-            lines.append("  %s: val_accuracy %.4f (best epoch %d of %d, %.0f s)"
+            lines.append("  %s: val_accuracy %.4f (best epoch %d of %d, %.0f s)%s"
                          % (phase.replace("phase", "phase "), p["val_accuracy"], p["epoch"],
-                            p["epochs_run"], p["seconds"]))
+                            p["epochs_run"], p["seconds"],
+                            "" if p.get("kept", True) else
+                            "; not kept: no better than phase 1, its weights are used"))
     if facts["blessed"] is not None:
         why = ("accuracy >= %.3f and not worse than the last blessed model, if any"
                % config.min_accuracy
