@@ -15,6 +15,9 @@ from typing import Any, Optional
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_OUTPUT_DIR = "graft-output"
 DEFAULT_MODEL_NAME = "graft"
+# The code that runs inside TFX components (module files live at its top level).
+COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "components")
 
 # The embedded offline demo data set (scikit-learn's digits, see pipeline/data/demo_dataset.py):
 # small images, so a small input size and few epochs keep `graft run` under 10 minutes on 2 cores.

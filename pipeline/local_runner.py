@@ -14,9 +14,8 @@ import sys
 import time
 
 from pipeline import configs
+from pipeline.configs import COMPONENTS_DIR
 
-COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "components")
 FLOWERS_URL = ("https://storage.googleapis.com/download.tensorflow.org/example_images/"
                "flower_photos.tgz")
 
@@ -25,7 +24,8 @@ def code_version() -> str:
     """Hash of the component code that TFX does not hash itself (sub-packages of components/,
     e.g. backbones/): editing it must invalidate the Transform/Trainer cache."""
     h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(COMPONENTS_DIR)):
+    # os.walk itself (not sorted(os.walk)) so that pruning `dirs` really skips custom/.
+    for root, dirs, files in os.walk(COMPONENTS_DIR):
         dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "custom"))
         if root == COMPONENTS_DIR:
             continue  # top-level modules are hashed by TFX's user-code wheel

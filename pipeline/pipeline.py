@@ -17,10 +17,8 @@ from tfx.proto import range_config_pb2
 from components.custom.data_gate import DataGate
 from components.custom.image_check import ImageCheck
 from components.custom.pusher import VersionedPusher
-from pipeline.configs import PipelineConfig
+from pipeline.configs import COMPONENTS_DIR, PipelineConfig
 
-COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "components")
 TRANSFORM_MODULE = os.path.join(COMPONENTS_DIR, "transform.py")
 TRAINER_MODULE = os.path.join(COMPONENTS_DIR, "trainer.py")
 
