@@ -7,21 +7,32 @@ relu) -> Dropout -> Dense(n, softmax, float32).
 Phase 1 trains the head on the frozen base. Phase 2 unfreezes the top `fine_tune_layers`
 layers of the base, keeps every BatchNormalization layer frozen, and trains with a learning
 rate 10-100x lower. Both phases stop early on validation loss and restore the best weights.
+
+With `weights='none'` the same architecture trains from scratch instead: one phase, every
+layer trainable, BatchNorm in training mode (the baseline of bench/transfer_vs_scratch.py).
 """
 from __future__ import annotations
+
+import time
 
 import tf_keras
 
 
+def from_scratch(custom_config: dict) -> bool:
+    """True when the backbone starts from random weights (nothing to transfer)."""
+    return custom_config.get("weights", "imagenet") in ("", "none", "None", None)
+
+
 def build(backbone, custom_config: dict, image_size: int):
-    """Returns (model, base) with the base frozen (phase 1)."""
-    weights = custom_config.get("weights", "imagenet")
-    if weights in ("", "none", "None", None):
-        weights = None
+    """Returns (model, base): the base frozen (phase 1), or all of it trainable from scratch."""
+    scratch = from_scratch(custom_config)
+    weights = None if scratch else custom_config.get("weights", "imagenet")
     base = backbone.build_base(weights=weights, image_size=image_size)
-    base.trainable = False
+    base.trainable = scratch
     inputs = tf_keras.Input((image_size, image_size, 3), name="image_xf")
-    x = base(inputs, training=False)
+    # Pretrained: BatchNorm always in inference mode. From scratch: BatchNorm learns its
+    # statistics (training follows the Keras learning phase).
+    x = base(inputs) if scratch else base(inputs, training=False)
     x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = tf_keras.layers.Dense(int(custom_config.get("head_units", 128)), activation="relu",
                               name="head_dense")(x)
@@ -45,6 +56,17 @@ def unfreeze_top(base, num_layers: int) -> int:
         trainable = i >= cutoff and not isinstance(layer, tf_keras.layers.BatchNormalization)
         layer.trainable = trainable
     return sum(1 for layer in base.layers if layer.trainable and layer.trainable_weights)
+
+
+class EpochClock(tf_keras.callbacks.Callback):
+    """Seconds since the start of fit() at the end of every epoch (time to an accuracy)."""
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+        self.seconds = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.time() - self.start, 2))
 
 
 def early_stopping(patience: int):

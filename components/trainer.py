@@ -27,10 +27,12 @@ def _fit(model, train_ds, eval_ds, epochs, patience, callbacks, phase):
     if epochs <= 0:
         return {}
     start = time.time()
+    clock = model_lib.EpochClock()
     history = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=2,
-                        callbacks=callbacks + [model_lib.early_stopping(patience)])
+                        callbacks=callbacks + [clock, model_lib.early_stopping(patience)])
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     hist["seconds"] = time.time() - start
+    hist["epoch_end_seconds"] = clock.seconds
     hist["phase"] = phase
     return hist
 
@@ -42,7 +44,8 @@ def _best(hist: dict) -> dict:
     i = min(range(len(hist["val_loss"])), key=lambda j: hist["val_loss"][j])
     return {"epoch": i + 1, "epochs_run": len(hist["val_loss"]),
             "val_loss": hist["val_loss"][i], "val_accuracy": hist["val_accuracy"][i],
-            "seconds": hist["seconds"], "kept": hist.get("kept", True)}
+            "seconds": hist["seconds"], "kept": hist.get("kept", True),
+            "label": hist.get("phase", "")}
 
 
 def plot_history(histories: list, path: str) -> None:
@@ -98,11 +101,13 @@ def run_fn(fn_args) -> None:
     callbacks = [tf_keras.callbacks.TensorBoard(log_dir=log_dir)]
     patience = int(cfg.get("early_stopping_patience", 3))
 
+    scratch = model_lib.from_scratch(cfg)
     phase1 = _fit(model, train_ds, eval_ds, int(cfg.get("epochs", 10)), patience, callbacks,
-                  "phase 1")
+                  "from scratch" if scratch else "phase 1")
     phase2 = {}
     phase1_weights = model.get_weights()
-    if int(cfg.get("fine_tune_epochs", 0)) > 0:
+    # From scratch every layer trained already: there is nothing left to fine-tune.
+    if int(cfg.get("fine_tune_epochs", 0)) > 0 and not scratch:
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, int(cfg.get("fine_tune_layers", 20)))
             model_lib.compile_for(model, float(cfg.get("fine_tune_learning_rate", 1e-5)))
@@ -119,6 +124,7 @@ def run_fn(fn_args) -> None:
     final = model.evaluate(eval_ds, verbose=0, return_dict=True)
 
     summary = {"backbone": backbone.name, "image_size": size, "global_batch": global_batch,
+               "init": "random" if scratch else str(cfg.get("weights", "imagenet")),
                "strategy": type(strategy).__name__, "precision": policy,
                "phase1": _best(phase1), "phase2": _best(phase2),
                "final_val_accuracy": float(final["accuracy"]),

@@ -44,6 +44,7 @@ class PipelineConfig:
     # Model.
     backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"               # 'imagenet', a local weights file, or 'none'
+                                            # ('none' trains every layer from scratch)
     image_size: Optional[int] = None        # None = the backbone's native input size
     head_units: int = 128
     dropout: float = 0.5
@@ -111,7 +112,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "tf_flowers); default: the embedded offline demo set")
     p.add_argument("--backbone", default=d.backbone, help="backbone name (default %(default)s)")
     p.add_argument("--weights", default=d.weights,
-                   help="'imagenet', a local weights file, or 'none' (default %(default)s)")
+                   help="'imagenet', a local weights file, or 'none' (random init: one phase "
+                   "trains every layer from scratch; default %(default)s)")
     p.add_argument("--output", default=d.output_dir,
                    help="pipeline root, ML Metadata and report go here (default %(default)s)")
     p.add_argument("--serving-dir", default="", help="push target (default OUTPUT/serving)")
@@ -129,6 +131,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    % d.fine_tune_learning_rate)
     p.add_argument("--fine-tune-layers", type=int, default=None,
                    help="top base layers unfrozen in phase 2 (default %d)" % d.fine_tune_layers)
+    p.add_argument("--early-stopping-patience", type=int, default=None,
+                   help="epochs without a better validation loss before a phase stops "
+                   "(default %d)" % d.early_stopping_patience)
     p.add_argument("--image-size", type=int, default=None,
                    help="input size in pixels (default: the backbone's native size)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -177,6 +182,7 @@ def from_args(args: argparse.Namespace, data_dir: str, label_names: tuple,
                  "fine_tune_epochs": args.fine_tune_epochs,
                  "fine_tune_layers": args.fine_tune_layers, "image_size": args.image_size,
                  "learning_rate": args.learning_rate,
+                 "early_stopping_patience": args.early_stopping_patience,
                  "fine_tune_learning_rate": args.fine_tune_learning_rate,
                  "batch_size": args.batch_size, "image_key": args.image_key,
                  "label_key": args.label_key, "num_spans": args.num_spans,

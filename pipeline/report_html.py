@@ -201,7 +201,7 @@ def _training(f: dict) -> str:
     for key in ("phase1", "phase2"):
         p = s.get(key) or {}
         if p:
-            label = key.replace("phase", "phase ")
+            label = p.get("label") or key.replace("phase", "phase ")
             if not p.get("kept", True):
                 label += " (not kept: no better than phase 1)"
             rows.append("<tr><td>%s</td><td class=\"num\">%s of %s</td><td class=\"num\">%s</td>"

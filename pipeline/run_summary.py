@@ -107,7 +107,8 @@ def format_summary(config, seconds: float, failed: Exception | None = None,
         p = tr.get(phase) or {}
         if p:
             lines.append("  %s: val_accuracy %.4f (best epoch %d of %d, %.0f s)%s"
-                         % (phase.replace("phase", "phase "), p["val_accuracy"], p["epoch"],
+                         % (p.get("label") or phase.replace("phase", "phase "),
+                            p["val_accuracy"], p["epoch"],
                             p["epochs_run"], p["seconds"],
                             "" if p.get("kept", True) else
                             "; not kept: no better than phase 1, its weights are used"))
