@@ -1,0 +1,161 @@
+"""Benchmark: EfficientNet-Lite0 vs Lite1 vs Lite2 on ../shared/data/flowers-dev.
+
+"Scale the backbone up if you need more accuracy", as a measured trade-off: each backbone runs
+the whole pipeline (`graft run`, offline ImageNet weights, native input size 224/240/260,
+phase 1 + phase 2, in_memory Beam) on the same 796/204 split. Records Evaluator accuracy,
+phase 1 and phase 1 + 2 validation accuracy, pipeline and Trainer wall time, the pushed
+SavedModel's size and parameter count, and serving throughput: images/s through the pushed
+model's serving_default signature (raw JPEG bytes in, decode + resize + preprocess + forward)
+at batch 32 and batch 1. Results accumulate in bench/results/lite_scaling.json.
+
+    .venv/bin/python bench/lite_scaling.py [--work /tmp/graft-bench-lite] [--backbones ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+RESULT = "lite_scaling.json"
+
+
+def throughput(model_dir: Path, jpegs: list, batch: int, batches: int) -> dict:
+    """Images/s through serving_default (raw encoded bytes in), after two warm-up calls."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    x = tf.constant([jpegs[i % len(jpegs)] for i in range(batch)])
+    for _ in range(2):
+        fn(image_bytes=x)
+    times = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        fn(image_bytes=x)
+        times.append(time.perf_counter() - t0)
+    return {"batch": batch, "images_per_second": round(batch * batches / sum(times), 1),
+            "median_ms_per_batch": round(1000 * statistics.median(times), 1)}
+
+
+def count_params(model_dir: Path) -> int:
+    import numpy as np
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(model_dir / "variables" / "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    return int(sum(np.prod(s) for k, s in shapes.items()
+                   if "OPTIMIZER_SLOT" not in k and k.endswith("VARIABLE_VALUE")
+                   and "optimizer" not in k and "save_counter" not in k))
+
+
+def run_backbone(work: Path, backbone: str, data: Path, jpegs: list) -> dict:
+    out = work / backbone
+    shutil.rmtree(out, ignore_errors=True)
+    log = work / (backbone + ".log")
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data", str(data), "--output",
+           str(out), "--backbone", backbone, "--beam-mode", "in_memory", "--min-accuracy", "0"]
+    run = common.run_measured(cmd, log)
+    if run["returncode"] != 0:
+        raise SystemExit("%s failed, see %s" % (backbone, log))
+    text = log.read_text()
+    summary = json.loads(next(l for l in text.splitlines()
+                              if l.startswith("graft trainer: {"))[len("graft trainer: "):])
+    m = re.search(r"eval accuracy ([0-9.]+)", text)
+    from transfer_vs_scratch import common_component_seconds
+    seconds = common_component_seconds(out)
+    pushed = next(p for p in sorted((out / "serving" / "graft").iterdir()) if p.is_dir())
+    p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
+    return {
+        "backbone": backbone, "image_size": summary["image_size"], "command": cmd[2:],
+        "evaluator_accuracy": float(m.group(1)) if m else None,
+        "phase1_val_accuracy": p1.get("val_accuracy"),
+        "phase2_val_accuracy": p2.get("val_accuracy"), "phase2_kept": p2.get("kept"),
+        "pipeline_seconds": run["seconds"], "trainer_seconds": seconds.get("Trainer"),
+        "evaluator_seconds": seconds.get("Evaluator"),
+        "phase1_seconds": round(p1.get("seconds", 0), 1),
+        "phase2_seconds": round(p2.get("seconds", 0), 1),
+        "peak_rss_single_mb": run["peak_rss_single_mb"],
+        "saved_model_bytes": common.dir_bytes(pushed),
+        "parameters": count_params(pushed),
+        "serving_batch32": throughput(pushed, jpegs, 32, 8),
+        "serving_batch1": throughput(pushed, jpegs, 1, 40),
+        "summary": summary,
+    }
+
+
+def eval_jpegs(data: Path, n: int = 64) -> list:
+    import tensorflow as tf
+    out = []
+    for path in sorted((data / "span-1" / "eval").glob("*")):
+        for rec in tf.data.TFRecordDataset(str(path)):
+            ex = tf.train.Example.FromString(rec.numpy())
+            out.append(ex.features.feature["image"].bytes_list.value[0])
+            if len(out) >= n:
+                return out
+    return out
+
+
+def table(points: list) -> str:
+    rows = ["| backbone | input | parameters | SavedModel | Evaluator accuracy | phase 1 "
+            "| phase 1 + 2 | Trainer | pipeline | serving img/s (batch 32) | batch 1 latency |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        rows.append("| %s | %d px | %.2f M | %.1f MB | %.3f | %.3f | %s | %.0f s | %.0f s | %.1f "
+                    "| %.0f ms |" % (
+                        p["backbone"], p["image_size"], p["parameters"] / 1e6,
+                        p["saved_model_bytes"] / 1e6, p["evaluator_accuracy"],
+                        p["phase1_val_accuracy"],
+                        "%.3f%s" % (p["phase2_val_accuracy"],
+                                    "" if p["phase2_kept"] else " (not kept)"),
+                        p["trainer_seconds"], p["pipeline_seconds"],
+                        p["serving_batch32"]["images_per_second"],
+                        p["serving_batch1"]["median_ms_per_batch"]))
+    return "\n".join(rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/graft-bench-lite")
+    p.add_argument("--backbones", default=",".join(BACKBONES))
+    p.add_argument("--fresh", action="store_true", help="forget earlier points")
+    args = p.parse_args()
+    if not common.FLOWERS.is_dir():
+        print("skipped: %s is absent" % common.FLOWERS)
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    result_path = common.RESULTS / RESULT
+    result = {"points": []}
+    if result_path.exists() and not args.fresh:
+        result = json.loads(result_path.read_text())
+    data = work / "tfrecords"
+    if not (data / "labels.txt").exists():
+        common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
+                             str(common.FLOWERS), str(data)], work / "make_tfrecords.log")
+    jpegs = eval_jpegs(data)
+    for backbone in args.backbones.split(","):
+        if any(q["backbone"] == backbone for q in result["points"]):
+            continue
+        print("running", backbone, flush=True)
+        point = run_backbone(work, backbone, data, jpegs)
+        result["points"].append(point)
+        result["points"].sort(key=lambda q: q["backbone"])
+        result["machine"] = common.machine()
+        common.write_json(RESULT, result)
+        print("  %s: Evaluator accuracy %.3f, Trainer %.0f s, %.1f img/s"
+              % (backbone, point["evaluator_accuracy"], point["trainer_seconds"],
+                 point["serving_batch32"]["images_per_second"]), flush=True)
+    print(table(result["points"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
