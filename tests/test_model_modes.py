@@ -41,6 +41,8 @@ def test_from_scratch_trains_every_layer_and_batchnorm_statistics():
     model, base = model_lib.build(get_backbone("efficientnet_lite0"),
                                   dict(CFG, weights="none"), 32)
     assert base.trainable
+    bns = [l for l in base.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
+    assert bns and all(l.momentum == model_lib.SCRATCH_BN_MOMENTUM for l in bns)
     assert len(model.trainable_weights) > len(base.trainable_weights) > 100
     before = _bn_moving_means(base)
     _fit_one_epoch(model)
