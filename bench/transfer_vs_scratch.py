@@ -119,6 +119,8 @@ def run_point(work: Path, arm: str, fraction: float, data: Path) -> dict:
         "time_to_accuracy": time_to(phases),
         "val_accuracy_per_epoch": [[round(a, 4) for a in h.get("val_accuracy", [])]
                                    for h in phases],
+        "epoch_end_seconds": [h.get("epoch_end_seconds", []) for h in phases],
+        "phase_seconds": [round(h.get("seconds", 0), 1) for h in phases],
         "summary": summary,
     }
 
@@ -183,12 +185,51 @@ def table(points: list) -> str:
     return "\n".join(rows)
 
 
+def claims(points: list) -> dict:
+    """The seed's three claims, computed from the points: accuracy gain, data needed and
+    training speed-up (seconds the scratch run needed to reach its best validation accuracy
+    vs seconds transfer needed to reach the same accuracy, same data)."""
+    by = {(q["arm"], q["fraction"]): q for q in points}
+    out = {"per_fraction": []}
+    for fraction in sorted({q["fraction"] for q in points}):
+        t, s = by.get(("transfer", fraction)), by.get(("scratch", fraction))
+        if not (t and s):
+            continue
+        best = s["best_epoch_val_accuracy"]
+        s_hit = time_to([{"val_accuracy": s["val_accuracy_per_epoch"][0],
+                          "epoch_end_seconds": s["epoch_end_seconds"][0],
+                          "seconds": s["training_seconds"]}], (best,))[str(best)]
+        t_hit = time_to([{"val_accuracy": a, "epoch_end_seconds": c, "seconds": sec}
+                         for a, c, sec in zip(t["val_accuracy_per_epoch"],
+                                              t["epoch_end_seconds"], t["phase_seconds"])],
+                        (best,))[str(best)]
+        out["per_fraction"].append({
+            "fraction": fraction,
+            "accuracy_gain_points": round(100 * (t["evaluator_accuracy"]
+                                                 - s["evaluator_accuracy"]), 1),
+            "scratch_best_val_accuracy": best,
+            "scratch_seconds_to_its_best": s_hit and s_hit["seconds"],
+            "scratch_epochs_to_its_best": s_hit and s_hit["epoch"],
+            "transfer_seconds_to_same": t_hit and t_hit["seconds"],
+            "transfer_epochs_to_same": t_hit and t_hit["epoch"],
+            "speedup": round(s_hit["seconds"] / t_hit["seconds"], 1)
+            if s_hit and t_hit else None})
+    full_scratch = by.get(("scratch", 1.0))
+    if full_scratch:
+        enough = [q["fraction"] for q in points if q["arm"] == "transfer"
+                  and q["evaluator_accuracy"] >= full_scratch["evaluator_accuracy"]]
+        out["smallest_transfer_fraction_beating_scratch_at_100"] = min(enough) if enough else None
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/graft-bench-tvs")
     p.add_argument("--only", choices=sorted(ARMS), default=None)
     p.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     p.add_argument("--fresh", action="store_true", help="forget earlier points")
+    p.add_argument("--report-only", action="store_true",
+                   help="only redo the plot, claims and table from the results file")
     args = p.parse_args()
     if not common.FLOWERS.is_dir():
         print("skipped: %s is absent" % common.FLOWERS)
@@ -199,6 +240,9 @@ def main() -> int:
     result = {"points": []}
     if result_path.exists() and not args.fresh:
         result = json.loads(result_path.read_text())
+    if args.report_only:
+        backfill(result["points"], work)
+        return report(result, result_path)
     full = work / "tfrecords"
     if not (full / "labels.txt").exists():
         common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
@@ -221,8 +265,28 @@ def main() -> int:
             print("  %s: Evaluator accuracy %.3f, %d epochs, %.0f s training"
                   % (arm, point["evaluator_accuracy"], point["epochs_run"],
                      point["training_seconds"]), flush=True)
+    return report(result, result_path)
+
+
+def backfill(points: list, work: Path) -> None:
+    """Per-epoch clocks for points recorded before they were kept, from their history.json."""
+    for q in points:
+        if "epoch_end_seconds" in q:
+            continue
+        out = work / ("%s-%g" % (q["arm"], q["fraction"]))
+        history = json.loads(next((out / "pipeline_root" / "Trainer" / "model_run")
+                                  .glob("*/history.json")).read_text())
+        phases = [h for h in (history.get("phase1"), history.get("phase2")) if h]
+        q["epoch_end_seconds"] = [h.get("epoch_end_seconds", []) for h in phases]
+        q["phase_seconds"] = [round(h.get("seconds", 0), 1) for h in phases]
+
+
+def report(result: dict, result_path: Path) -> int:
+    result["claims"] = claims(result["points"])
+    result_path.write_text(json.dumps(result, indent=1) + "\n")
     plot(result["points"], common.RESULTS / "transfer_vs_scratch.png")
     print(table(result["points"]))
+    print(json.dumps(result["claims"], indent=1))
     return 0
 
 

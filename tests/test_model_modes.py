@@ -131,3 +131,27 @@ def test_subset_keeps_at_least_one_per_class(tmp_path, fraction):
             w.write(ex.SerializeToString())
     got = transfer_vs_scratch.subset_data(full, tmp_path / "o", fraction)
     assert got["train_images"] == (2 if fraction == 0.1 else 3)
+
+
+def _point(arm, fraction, acc, per_epoch, clock, phase_seconds):
+    return {"arm": arm, "fraction": fraction, "evaluator_accuracy": acc,
+            "best_epoch_val_accuracy": max(a for p in per_epoch for a in p),
+            "val_accuracy_per_epoch": per_epoch, "epoch_end_seconds": clock,
+            "phase_seconds": phase_seconds, "training_seconds": sum(phase_seconds)}
+
+
+def test_claims_gain_speedup_and_data_needed():
+    points = [
+        _point("scratch", 1.0, 0.60, [[0.3, 0.5, 0.62, 0.6]], [[10, 20, 30, 40]], [41]),
+        _point("transfer", 1.0, 0.90, [[0.7, 0.85], [0.9]], [[2, 4], [3]], [5, 4]),
+        _point("scratch", 0.1, 0.30, [[0.2, 0.35]], [[1, 2]], [2]),
+        _point("transfer", 0.1, 0.70, [[0.3, 0.36, 0.7]], [[1, 2, 3]], [3]),
+    ]
+    got = transfer_vs_scratch.claims(points)
+    full = next(c for c in got["per_fraction"] if c["fraction"] == 1.0)
+    assert full["accuracy_gain_points"] == 30.0
+    assert full["scratch_seconds_to_its_best"] == 30 and full["scratch_epochs_to_its_best"] == 3
+    assert full["transfer_seconds_to_same"] == 2 and full["speedup"] == 15.0
+    tenth = next(c for c in got["per_fraction"] if c["fraction"] == 0.1)
+    assert tenth["transfer_epochs_to_same"] == 2 and tenth["speedup"] == 1.0
+    assert got["smallest_transfer_fraction_beating_scratch_at_100"] == 0.1
