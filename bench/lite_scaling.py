@@ -65,6 +65,21 @@ def run_backbone(work: Path, backbone: str, data: Path, jpegs: list) -> dict:
     run = common.run_measured(cmd, log)
     if run["returncode"] != 0:
         raise SystemExit("%s failed, see %s" % (backbone, log))
+    return collect(backbone, out, log, run, cmd[2:], jpegs)
+
+
+def reuse_lite0(tvs_work: Path, jpegs: list) -> dict:
+    """The Lite0 point from transfer_vs_scratch.py's 100 % transfer run: the same command
+    (`graft run`, Lite0 defaults, in_memory, --min-accuracy 0) on the same split."""
+    point = next(q for q in json.loads((common.RESULTS / "transfer_vs_scratch.json").read_text())
+                 ["points"] if q["arm"] == "transfer" and q["fraction"] == 1.0)
+    run = {"seconds": point["pipeline_seconds"],
+           "peak_rss_single_mb": point["peak_rss_single_mb"]}
+    return dict(collect("efficientnet_lite0", tvs_work / "transfer-1", tvs_work / "transfer-1.log",
+                        run, point["command"], jpegs), reused_from="transfer_vs_scratch.json")
+
+
+def collect(backbone: str, out: Path, log: Path, run: dict, command: list, jpegs: list) -> dict:
     text = log.read_text()
     summary = json.loads(next(l for l in text.splitlines()
                               if l.startswith("graft trainer: {"))[len("graft trainer: "):])
@@ -74,7 +89,7 @@ def run_backbone(work: Path, backbone: str, data: Path, jpegs: list) -> dict:
     pushed = next(p for p in sorted((out / "serving" / "graft").iterdir()) if p.is_dir())
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {
-        "backbone": backbone, "image_size": summary["image_size"], "command": cmd[2:],
+        "backbone": backbone, "image_size": summary["image_size"], "command": command,
         "evaluator_accuracy": float(m.group(1)) if m else None,
         "phase1_val_accuracy": p1.get("val_accuracy"),
         "phase2_val_accuracy": p2.get("val_accuracy"), "phase2_kept": p2.get("kept"),
@@ -126,6 +141,9 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/graft-bench-lite")
     p.add_argument("--backbones", default=",".join(BACKBONES))
     p.add_argument("--fresh", action="store_true", help="forget earlier points")
+    p.add_argument("--lite0-from", default=None,
+                   help="work dir of transfer_vs_scratch.py: reuse its 100 %% transfer run "
+                   "(the identical Lite0 run) instead of training Lite0 again")
     args = p.parse_args()
     if not common.FLOWERS.is_dir():
         print("skipped: %s is absent" % common.FLOWERS)
@@ -145,7 +163,10 @@ def main() -> int:
         if any(q["backbone"] == backbone for q in result["points"]):
             continue
         print("running", backbone, flush=True)
-        point = run_backbone(work, backbone, data, jpegs)
+        if backbone == "efficientnet_lite0" and args.lite0_from:
+            point = reuse_lite0(Path(args.lite0_from), jpegs)
+        else:
+            point = run_backbone(work, backbone, data, jpegs)
         result["points"].append(point)
         result["points"].sort(key=lambda q: q["backbone"])
         result["machine"] = common.machine()
