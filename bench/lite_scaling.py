@@ -129,7 +129,7 @@ def table(points: list) -> str:
                         p["saved_model_bytes"] / 1e6, p["evaluator_accuracy"],
                         p["phase1_val_accuracy"],
                         "%.3f%s" % (p["phase2_val_accuracy"],
-                                    "" if p["phase2_kept"] else " (not kept)"),
+                                    " (not kept)" if p["phase2_kept"] is False else ""),
                         p["trainer_seconds"], p["pipeline_seconds"],
                         p["serving_batch32"]["images_per_second"],
                         p["serving_batch1"]["median_ms_per_batch"]))
