@@ -179,7 +179,8 @@ def table(points: list) -> str:
             "ImageNet" if p["arm"] == "transfer" else "random", p["evaluator_accuracy"],
             p["best_epoch_val_accuracy"],
             "%.3f" % p["phase1_val_accuracy"] if p["arm"] == "transfer" else "-",
-            ("%.3f%s" % (p["phase2_val_accuracy"], " (not kept)" if p["phase2_kept"] is False else ""))
+            ("%.3f%s" % (p["phase2_val_accuracy"],
+                         " (not kept)" if p["phase2_kept"] is False else ""))
             if p["phase2_val_accuracy"] is not None else "-",
             p["epochs_run"], p["training_seconds"], reach(p, 0.5), reach(p, 0.8)))
     return "\n".join(rows)
