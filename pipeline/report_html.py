@@ -218,8 +218,10 @@ def _training(f: dict) -> str:
                  "batch %s &middot; %s &middot; %s</p>"
                  % (_num(s.get("final_val_accuracy")), _e(s.get("image_size")),
                     _e(s.get("global_batch")), _e(s.get("strategy")), _e(s.get("precision"))))
-    return ("<section><h2>Training (phase 1: frozen base; phase 2: fine-tuning)</h2>%s%s%s"
-            "</section>" % (_img(t.get("history_png"), "training curves"), table, extra))
+    title = ("from scratch: random init, every layer trained" if s.get("init") == "random"
+             else "phase 1: frozen base; phase 2: fine-tuning")
+    return ("<section><h2>Training (%s)</h2>%s%s%s</section>"
+            % (title, _img(t.get("history_png"), "training curves"), table, extra))
 
 
 def _evaluation(f: dict) -> str:

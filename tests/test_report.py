@@ -137,3 +137,14 @@ def test_renders_in_headless_chromium(tmp_path):
     assert image.size == (1200, 1600)
     lo, hi = image.getextrema()
     assert hi - lo > 100  # something was drawn, not a blank page
+
+
+def test_from_scratch_run_is_labelled_as_such():
+    html = report_html.render(synthetic_facts(training={
+        "summary": {"init": "random", "phase1": {"epoch": 30, "epochs_run": 40,
+                                                 "val_accuracy": 0.6, "val_loss": 1.0,
+                                                 "seconds": 700, "label": "from scratch"},
+                    "phase2": {}, "final_val_accuracy": 0.6}}))
+    assert "Training (from scratch: random init, every layer trained)" in html
+    assert "<td>from scratch</td>" in html and "frozen base" not in html
+    assert "phase 1: frozen base" in report_html.render(synthetic_facts())
