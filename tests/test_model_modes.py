@@ -147,6 +147,7 @@ def test_claims_gain_speedup_and_data_needed():
         _point("scratch", 0.1, 0.30, [[0.2, 0.35]], [[1, 2]], [2]),
         _point("transfer", 0.1, 0.70, [[0.3, 0.36, 0.7]], [[1, 2, 3]], [3]),
     ]
+    points[2]["best_epoch_val_accuracy"] = 0.350004  # unrounded: must not break the match
     got = transfer_vs_scratch.claims(points)
     full = next(c for c in got["per_fraction"] if c["fraction"] == 1.0)
     assert full["accuracy_gain_points"] == 30.0
