@@ -93,6 +93,32 @@ def run_measured(cmd: list, log_path: Path, env=None) -> dict:
             "peak_rss_single_mb": round(rss.peak_single / 2**20)}
 
 
+def load_results(name: str, fresh: bool = False) -> dict:
+    """The points a benchmark recorded earlier (kept across reruns), or none when FRESH."""
+    path = RESULTS / name
+    if path.exists() and not fresh:
+        return json.loads(path.read_text())
+    return {"points": []}
+
+
+def flowers_tfrecords(work: Path) -> Path:
+    """flowers-dev converted by `graft make-tfrecords` into WORK/tfrecords (once)."""
+    import sys
+    data = work / "tfrecords"
+    if not (data / "labels.txt").exists():
+        run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords", str(FLOWERS),
+                      str(data)], work / "make_tfrecords.log")
+    return data
+
+
+def component_seconds(metadata_path) -> dict:
+    """Wall seconds per pipeline node of the last run, from ML Metadata."""
+    from pipeline import mlmd_query
+    store = mlmd_query.open_store(str(metadata_path))
+    return {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)
+            for node, e in mlmd_query.node_executions(store).items()}
+
+
 def write_json(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

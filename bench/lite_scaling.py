@@ -84,8 +84,7 @@ def collect(backbone: str, out: Path, log: Path, run: dict, command: list, jpegs
     summary = json.loads(next(l for l in text.splitlines()
                               if l.startswith("graft trainer: {"))[len("graft trainer: "):])
     m = re.search(r"eval accuracy ([0-9.]+)", text)
-    from transfer_vs_scratch import common_component_seconds
-    seconds = common_component_seconds(out)
+    seconds = common.component_seconds(out / "metadata.sqlite")
     pushed = next(p for p in sorted((out / "serving" / "graft").iterdir()) if p.is_dir())
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {
@@ -150,14 +149,8 @@ def main() -> int:
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result_path = common.RESULTS / RESULT
-    result = {"points": []}
-    if result_path.exists() and not args.fresh:
-        result = json.loads(result_path.read_text())
-    data = work / "tfrecords"
-    if not (data / "labels.txt").exists():
-        common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
-                             str(common.FLOWERS), str(data)], work / "make_tfrecords.log")
+    result = common.load_results(RESULT, args.fresh)
+    data = common.flowers_tfrecords(work)
     jpegs = eval_jpegs(data)
     for backbone in args.backbones.split(","):
         if any(q["backbone"] == backbone for q in result["points"]):

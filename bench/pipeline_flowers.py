@@ -20,15 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def component_seconds(metadata_path: str) -> dict:
-    from pipeline import mlmd_query
-    store = mlmd_query.open_store(metadata_path)
-    out = {}
-    for node, e in mlmd_query.node_executions(store).items():
-        out[node] = round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/graft-bench-flowers")
@@ -61,7 +52,7 @@ def main() -> int:
         "machine": common.machine(),
         "make_tfrecords_seconds": conv["seconds"],
         "pipeline": run,
-        "component_seconds": component_seconds(str(out / "metadata.sqlite")),
+        "component_seconds": common.component_seconds(out / "metadata.sqlite"),
         "training": trainer_summary,
         "summary": summary_lines,
         "raw_tfrecord_bytes": raw_bytes,

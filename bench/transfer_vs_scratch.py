@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
@@ -103,7 +102,7 @@ def run_point(work: Path, arm: str, fraction: float, data: Path) -> dict:
     history = json.loads(history_path.read_text())
     phases = [h for h in (history.get("phase1"), history.get("phase2")) if h]
     m = re.search(r"eval accuracy ([0-9.]+)", text)
-    seconds = {k: v for k, v in common_component_seconds(out).items()}
+    seconds = common.component_seconds(out / "metadata.sqlite")
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {
         "arm": arm, "fraction": fraction, "command": cmd[2:],
@@ -123,13 +122,6 @@ def run_point(work: Path, arm: str, fraction: float, data: Path) -> dict:
         "phase_seconds": [round(h.get("seconds", 0), 1) for h in phases],
         "summary": summary,
     }
-
-
-def common_component_seconds(out: Path) -> dict:
-    from pipeline import mlmd_query
-    store = mlmd_query.open_store(str(out / "metadata.sqlite"))
-    return {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)
-            for node, e in mlmd_query.node_executions(store).items()}
 
 
 def plot(points: list, path: Path) -> None:
@@ -238,16 +230,11 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     result_path = common.RESULTS / RESULT
-    result = {"points": []}
-    if result_path.exists() and not args.fresh:
-        result = json.loads(result_path.read_text())
+    result = common.load_results(RESULT, args.fresh)
     if args.report_only:
         backfill(result["points"], work)
         return report(result, result_path)
-    full = work / "tfrecords"
-    if not (full / "labels.txt").exists():
-        common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
-                             str(common.FLOWERS), str(full)], work / "make_tfrecords.log")
+    full = common.flowers_tfrecords(work)
     arms = [args.only] if args.only else ["scratch", "transfer"]
     for fraction in (float(f) for f in args.fractions.split(",")):
         data = work / ("data-%g" % fraction)
