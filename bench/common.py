@@ -101,6 +101,16 @@ def load_results(name: str, fresh: bool = False) -> dict:
     return {"points": []}
 
 
+def flowers_work_dir(path: str):
+    """WORK as a created directory, or None (after saying so) when flowers-dev is absent."""
+    if not FLOWERS.is_dir():
+        print("skipped: %s is absent" % FLOWERS)
+        return None
+    work = Path(path)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def flowers_tfrecords(work: Path) -> Path:
     """flowers-dev converted by `graft make-tfrecords` into WORK/tfrecords (once)."""
     import sys

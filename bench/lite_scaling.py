@@ -144,11 +144,9 @@ def main() -> int:
                    help="work dir of transfer_vs_scratch.py: reuse its 100 %% transfer run "
                    "(the identical Lite0 run) instead of training Lite0 again")
     args = p.parse_args()
-    if not common.FLOWERS.is_dir():
-        print("skipped: %s is absent" % common.FLOWERS)
+    work = common.flowers_work_dir(args.work)
+    if work is None:
         return 0
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     result = common.load_results(RESULT, args.fresh)
     data = common.flowers_tfrecords(work)
     jpegs = eval_jpegs(data)

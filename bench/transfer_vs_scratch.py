@@ -224,11 +224,9 @@ def main() -> int:
     p.add_argument("--report-only", action="store_true",
                    help="only redo the plot, claims and table from the results file")
     args = p.parse_args()
-    if not common.FLOWERS.is_dir():
-        print("skipped: %s is absent" % common.FLOWERS)
+    work = common.flowers_work_dir(args.work)
+    if work is None:
         return 0
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     result_path = common.RESULTS / RESULT
     result = common.load_results(RESULT, args.fresh)
     if args.report_only:
