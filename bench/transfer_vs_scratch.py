@@ -26,8 +26,10 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+try:
+    from bench import common  # imported by the tests as bench.transfer_vs_scratch
+except ImportError:
+    import common  # run as a script: bench/ is sys.path[0]
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)

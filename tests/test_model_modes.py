@@ -4,9 +4,6 @@ trainable, BatchNorm learning its statistics); plus the per-epoch clock and the 
 time-to-accuracy and nested stratified subsets."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,8 +12,8 @@ import tf_keras
 from components import model as model_lib
 from components.backbones import get_backbone
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import transfer_vs_scratch  # noqa: E402
+from bench import transfer_vs_scratch  # not bench/ on sys.path: bench/serving.py would
+#                                        shadow the serving package for later test modules
 
 CFG = {"label_names": ["a", "b", "c"], "head_units": 8, "dropout": 0.0}
 
