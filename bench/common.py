@@ -129,6 +129,19 @@ def component_seconds(metadata_path) -> dict:
             for node, e in mlmd_query.node_executions(store).items()}
 
 
+def trainer_summary(log_text: str) -> dict:
+    """The training summary the Trainer prints as `graft trainer: {json}`."""
+    line = next(l for l in log_text.splitlines() if l.startswith("graft trainer: {"))
+    return json.loads(line[len("graft trainer: "):])
+
+
+def eval_accuracy(log_text: str):
+    """The Evaluator's accuracy from the `graft run` summary, or None."""
+    import re
+    m = re.search(r"eval accuracy ([0-9.]+)", log_text)
+    return float(m.group(1)) if m else None
+
+
 def write_json(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

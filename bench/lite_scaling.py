@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import sys
@@ -81,15 +80,13 @@ def reuse_lite0(tvs_work: Path, jpegs: list) -> dict:
 
 def collect(backbone: str, out: Path, log: Path, run: dict, command: list, jpegs: list) -> dict:
     text = log.read_text()
-    summary = json.loads(next(l for l in text.splitlines()
-                              if l.startswith("graft trainer: {"))[len("graft trainer: "):])
-    m = re.search(r"eval accuracy ([0-9.]+)", text)
+    summary = common.trainer_summary(text)
     seconds = common.component_seconds(out / "metadata.sqlite")
     pushed = next(p for p in sorted((out / "serving" / "graft").iterdir()) if p.is_dir())
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {
         "backbone": backbone, "image_size": summary["image_size"], "command": command,
-        "evaluator_accuracy": float(m.group(1)) if m else None,
+        "evaluator_accuracy": common.eval_accuracy(text),
         "phase1_val_accuracy": p1.get("val_accuracy"),
         "phase2_val_accuracy": p2.get("val_accuracy"), "phase2_kept": p2.get("kept"),
         "pipeline_seconds": run["seconds"], "trainer_seconds": seconds.get("Trainer"),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -98,19 +97,17 @@ def run_point(work: Path, arm: str, fraction: float, data: Path) -> dict:
     text = log.read_text()
     if run["returncode"] != 0:
         raise SystemExit("%s %g failed, see %s" % (arm, fraction, log))
-    summary = json.loads(next(l for l in text.splitlines()
-                              if l.startswith("graft trainer: {"))[len("graft trainer: "):])
+    summary = common.trainer_summary(text)
     history_path = next((out / "pipeline_root" / "Trainer" / "model_run").glob("*/history.json"))
     history = json.loads(history_path.read_text())
     phases = [h for h in (history.get("phase1"), history.get("phase2")) if h]
-    m = re.search(r"eval accuracy ([0-9.]+)", text)
     seconds = common.component_seconds(out / "metadata.sqlite")
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {
         "arm": arm, "fraction": fraction, "command": cmd[2:],
         "pipeline_seconds": run["seconds"], "peak_rss_single_mb": run["peak_rss_single_mb"],
         "trainer_seconds": seconds.get("Trainer"), "component_seconds": seconds,
-        "evaluator_accuracy": float(m.group(1)) if m else None,
+        "evaluator_accuracy": common.eval_accuracy(text),
         "final_val_accuracy": summary["final_val_accuracy"],
         "phase1_val_accuracy": p1.get("val_accuracy"),
         "phase2_val_accuracy": p2.get("val_accuracy"), "phase2_kept": p2.get("kept"),
