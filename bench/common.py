@@ -123,7 +123,7 @@ def flowers_tfrecords(work: Path) -> Path:
 
 def component_seconds(metadata_path) -> dict:
     """Wall seconds per pipeline node of the last run, from ML Metadata."""
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
     store = mlmd_query.open_store(str(metadata_path))
     return {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)
             for node, e in mlmd_query.node_executions(store).items()}

@@ -22,8 +22,8 @@ def _cmd_imagenet_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import local_runner
-    return local_runner.main(args)
+    from pipeline.runners import local
+    return local.main(args)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -37,22 +37,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_kubeflow_compile(args: argparse.Namespace) -> int:
-    from pipeline import kubeflow_runner
-    return kubeflow_runner.main(args)
+    from pipeline.kubeflow import compile as kubeflow_compile
+    return kubeflow_compile.main(args)
 
 
 def _cmd_kubeflow_submit(args: argparse.Namespace) -> int:
-    from pipeline import kubeflow_submit
-    return kubeflow_submit.main(args)
+    from pipeline.kubeflow import submit
+    return submit.main(args)
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from pipeline import retrain
+    from pipeline.runners import retrain
     return retrain.main(args)
 
 
 def _add_kubeflow_parsers(sub) -> None:
-    from pipeline import configs, kubeflow_runner
+    from pipeline import configs
+    from pipeline.kubeflow import compile as kubeflow_compile
     k = configs.KubeflowSettings()
     kf = sub.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines 2.x, submit "
                         "runs and schedules (kubeflow/README.md)")
@@ -61,7 +62,7 @@ def _add_kubeflow_parsers(sub) -> None:
     p = kf_sub.add_parser("compile", help="write the KFP pipeline spec (YAML)",
                           description="Compile the graft DAG with TFX's KubeflowV2DagRunner; "
                           "the Trainer requests GPUs.")
-    kubeflow_runner.add_compile_arguments(p)
+    kubeflow_compile.add_compile_arguments(p)
     p.set_defaults(func=_cmd_kubeflow_compile)
     p = kf_sub.add_parser("submit", help="upload the spec and start a run or a cron schedule")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://127.0.0.1:8080")

@@ -2,7 +2,7 @@
 top-level modules that TFX's user-code wheel already hashes."""
 from __future__ import annotations
 
-from pipeline import local_runner
+from pipeline.runners import local as local_runner
 
 
 def _tree(root):

@@ -36,7 +36,7 @@ BEFORE_TRAINER = ("ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen"
 
 
 def _states(out: Path) -> dict:
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
     return mlmd_query.node_states(mlmd_query.open_store(str(out / "metadata.sqlite")))
 
 
@@ -88,7 +88,7 @@ def test_killed_run_pushed_nothing(killed):
 
 
 def test_rerun_reuses_what_finished_before_the_kill(killed):
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
 
     for node in BEFORE_TRAINER:
         assert killed["states_killed"][node] == "COMPLETE", killed["states_killed"]
@@ -122,7 +122,8 @@ def test_corrupt_images_named_in_summary_and_report(killed):
 def test_corrupt_images_do_not_hurt_the_model(killed, data):
     import tensorflow as tf
 
-    from pipeline import mlmd_query, run_summary
+    from pipeline.reporting import mlmd as mlmd_query
+    from pipeline.reporting import summary as run_summary
     from test_pipeline_e2e import held_back_images
 
     store = mlmd_query.open_store(str(killed["out"] / "metadata.sqlite"))

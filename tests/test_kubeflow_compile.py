@@ -38,7 +38,7 @@ def compiled(tmp_path_factory):
 
 
 def _container(spec, task):
-    from pipeline import kubeflow_spec
+    from pipeline.kubeflow import spec as kubeflow_spec
     return kubeflow_spec.container(spec, task)
 
 
@@ -147,7 +147,7 @@ def test_flags_change_gpus_project_dir_and_params(tmp_path):
 
 
 def test_vertex_target_keeps_tfx_output(tmp_path):
-    from pipeline import kubeflow_spec
+    from pipeline.kubeflow import spec as kubeflow_spec
 
     spec = compile_to(tmp_path / "v.yaml", "--target", "vertex", "--gpu-type",
                       "NVIDIA_TESLA_T4")

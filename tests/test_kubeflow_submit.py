@@ -164,7 +164,7 @@ def test_unknown_parameter_and_bad_cron_are_refused_before_any_call(kfp_server, 
 
 
 def test_kfp_cron():
-    from pipeline.kubeflow_submit import kfp_cron
+    from pipeline.kubeflow.submit import kfp_cron
     assert kfp_cron("*/30 * * * *") == "0 */30 * * * *"
     assert kfp_cron("0 0 4 * * 1") == "0 0 4 * * 1"
     with pytest.raises(ValueError):

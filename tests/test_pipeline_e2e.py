@@ -77,7 +77,7 @@ def runs(tmp_path_factory):
 
 
 def _states(out: Path) -> dict:
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
     return mlmd_query.node_states(mlmd_query.open_store(str(out / "metadata.sqlite")))
 
 
@@ -146,7 +146,8 @@ def test_floor_above_one_blocks_the_push(runs):
 
 
 def test_evaluator_reports_accuracy_recall_and_confusion_matrix(runs):
-    from pipeline import mlmd_query, run_summary
+    from pipeline.reporting import mlmd as mlmd_query
+    from pipeline.reporting import summary as run_summary
 
     store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
     first_run = mlmd_query.run_ids(store)[0]
@@ -161,7 +162,7 @@ def test_evaluator_reports_accuracy_recall_and_confusion_matrix(runs):
 
 
 def test_training_history_saved(runs):
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
 
     store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
     first_run = mlmd_query.run_ids(store)[0]
@@ -183,7 +184,7 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     import tf_keras
 
     from components import dataset
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
 
     store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
     first = mlmd_query.run_ids(store)[0]

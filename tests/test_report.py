@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
-from pipeline import configs, report, report_html
+from pipeline import configs
+from pipeline.reporting import html as report_html
+from pipeline.reporting import report
 
 NAMES = ["cat", "dog", "fish"]
 

@@ -54,7 +54,7 @@ def write_shuffled_span(data: Path, source_span: int, span: int, seed: int = 7) 
 
 
 def _trainer_executions(out: Path) -> int:
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
     store = mlmd_query.open_store(str(out / "metadata.sqlite"))
     return mlmd_query.count_executions(store, "Trainer", ("COMPLETE", "CACHED"))
 
@@ -167,7 +167,7 @@ def test_held_lock_refuses_without_running(tmp_path):
 
 
 def test_available_and_trained_spans(tmp_path):
-    from pipeline import retrain
+    from pipeline.runners import retrain
 
     for span, splits in ((1, ("train", "eval")), (2, ("train", "eval")), (5, ("train",))):
         for split in splits:

@@ -6,7 +6,7 @@ component states and wall times, per-class counts and bad images (ImageCheck), a
 training_summary.json), evaluation (accuracy, per-class recall, confusion matrix from TFMA's
 MultiClassConfusionMatrixPlot), the blessing and why, the push. Every section is read on its
 own: a missing or unreadable artifact leaves that section empty with a note, never fails the
-report. pipeline/report_html.py renders the facts into one self-contained HTML file (CSS
+report. pipeline/reporting/html.py renders the facts into one self-contained HTML file (CSS
 inline, PNGs as base64 data URIs).
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import json
 import os
 import time
 
-from pipeline import mlmd_query, run_summary
+from pipeline.reporting import mlmd as mlmd_query
+from pipeline.reporting import summary as run_summary
 
 REPORT_NAME = "report.html"
 
@@ -279,7 +280,7 @@ def collect(config, seconds: float, failed: BaseException | None = None,
 def write(config, seconds: float, failed: BaseException | None = None,
           since: float | None = None) -> str:
     """Writes OUTPUT/report.html; returns its path. Raises OSError if it cannot be written."""
-    from pipeline import report_html
+    from pipeline.reporting import html as report_html
     facts = collect(config, seconds, failed, since)
     path = os.path.join(config.output_dir, REPORT_NAME)
     tmp = path + ".tmp"

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 
-from pipeline import mlmd_query
+from pipeline.reporting import mlmd as mlmd_query
 
 NODE_ORDER = ["ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
               "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher"]

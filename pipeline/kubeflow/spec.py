@@ -4,8 +4,9 @@ on open-source Kubeflow Pipelines 2.x and not only on Vertex AI Pipelines.
 TFX 1.16's V2 runner targets Vertex AI. What `for_oss_kfp()` changes in the spec (a dict):
 - ImportExampleGen: TFX resolves the span (`{SPAN}` in the split patterns), version and input
   fingerprint in a `lifecycle.preCacheCheck` driver hook that only Vertex runs. The executor
-  container is rewritten to run `python -m pipeline.kfp_example_gen`, which runs TFX's own
-  driver and then the executor in one container; the hook is removed.
+  container is rewritten to run `python -m pipeline.kfp_example_gen` (a shim that calls
+  pipeline/kubeflow/example_gen.py), which runs TFX's own driver and then the executor in one
+  container; the hook is removed.
 - ImportExampleGen caching is turned off: without the driver, KFP's cache key holds only the
   constant input_base, so a cached ExampleGen would never see a new span.
 - ImportExampleGen gets the CPU/memory resources (TFX copies platform_config to every container

@@ -3,7 +3,7 @@
 The runner owns the paths (output dir, pipeline root, SQLite ML Metadata, serving dir),
 prepares the input data (embedded demo set, class folders, or image TFRecords), runs
 create_pipeline() and prints a summary read back from ML Metadata, then writes
-OUTPUT/report.html (pipeline/report.py), failed runs included. A failure ends with one line
+OUTPUT/report.html (pipeline/reporting/report.py), failed runs included. A failure ends with one line
 `error: ...` on stderr (no traceback).
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main(args) -> int:
         data_dir, demo = prepare_data(args.data, os.path.abspath(args.output))
         config = configs.from_args(args, data_dir, configs.read_label_names(data_dir), demo)
     except (OSError, ValueError) as e:
-        from pipeline import run_summary
+        from pipeline.reporting import summary as run_summary
         print("error: %s" % run_summary.error_line(e, os.path.abspath(args.output)),
               file=sys.stderr)
         return 2
@@ -105,7 +105,8 @@ def main(args) -> int:
 
 def finish(config: configs.PipelineConfig, start: float, failed: Exception | None) -> int:
     """Summary, report, and for a failure one last `error: ...` line on stderr."""
-    from pipeline import report, run_summary
+    from pipeline.reporting import report
+    from pipeline.reporting import summary as run_summary
     try:
         print(run_summary.format_summary(config, time.time() - start, failed, since=start),
               flush=True)

@@ -11,7 +11,7 @@ Kubeflow Pipelines 2.x spec (YAML), GPU Trainer included.
   `/app/components/transform.py`. TFX would otherwise package this checkout's module files as
   a wheel under the pipeline root at compile time (and write to gs:// from the laptop).
 - `--target kfp` (default) builds the DAG without resolvers and rewrites the spec for
-  open-source KFP (pipeline/kubeflow_spec.py); `--target vertex` keeps TFX's output and the
+  open-source KFP (pipeline/kubeflow/spec.py); `--target vertex` keeps TFX's output and the
   latest-blessed-model baseline.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ def compile_spec(args) -> dict:
     from google.protobuf import json_format
     from tfx import v1 as tfx
 
-    from pipeline import kubeflow_spec
+    from pipeline.kubeflow import spec as kubeflow_spec
 
     cfg = build_config(args)
     beam_args = shlex.split(args.beam_args) if args.beam_args is not None else cfg.beam_args()

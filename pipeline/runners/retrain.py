@@ -90,7 +90,7 @@ def trained_spans(metadata_path: str) -> set[int]:
         return set()
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipeline import mlmd_query
+    from pipeline.reporting import mlmd as mlmd_query
 
     store = mlmd_query.open_store(metadata_path)
     nodes = {c.name.split(".", 1)[-1]: c for c in store.get_contexts_by_type("node")}
@@ -140,8 +140,8 @@ def main(args) -> int:
                 print("graft retrain: nothing new: latest span %d already trained" % latest)
                 return 0
             print("graft retrain: span %d is new, running the pipeline" % latest, flush=True)
-            from pipeline import local_runner
-            return local_runner.main(args)
+            from pipeline.runners import local
+            return local.main(args)
     except Locked as e:
         print("graft retrain: another graft retrain holds %s (pid %s); not starting"
               % (lock_path, e.args[0]), file=sys.stderr)
