@@ -9,7 +9,6 @@ each element is decoded on its own to name the one at fault.
 from __future__ import annotations
 
 import io
-import re
 
 import grpc
 import numpy as np
@@ -133,31 +132,28 @@ def _grpc_code(tf_error) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _first_line(message: str) -> str:
-    """First line of a TF error message without the function-node and op decorations."""
-    line = message.strip().splitlines()[0] if message.strip() else message
-    line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
-    return re.sub(r"\s*\[Op:\w+\]", "", line).strip()
-
-
 def _diagnose(arrays: dict) -> str | None:
     """Decode each image element alone; the first failure's description, or None."""
     import tensorflow as tf
+
+    from components.image_ops import decode_rgb, tf_error_text
     for key, array in arrays.items():
         if key not in IMAGE_INPUT_KEYS or array.dtype != object:
             continue
         for i, data in enumerate(array.ravel()):
             try:
-                tf.io.decode_image(data, channels=3, expand_animations=False)
+                decode_rgb(data)
             except tf.errors.OpError as e:
                 return f"input '{key}': batch element {i}: image could not be decoded " \
-                       f"({_first_line(e.message)})"
+                       f"({tf_error_text(e)})"
     return None
 
 
 def run(served: ServedVersion, sig: Signature, arrays: dict, output_filter=()) -> dict:
     """Call the concrete signature function; {output key: numpy array}."""
     import tensorflow as tf
+
+    from components.image_ops import tf_error_text
     wanted = list(output_filter) or list(sig.outputs)
     unknown = [k for k in wanted if k not in sig.outputs]
     if unknown:
@@ -173,7 +169,7 @@ def run(served: ServedVersion, sig: Signature, arrays: dict, output_filter=()) -
             if detail:
                 raise _bad(detail) from None
         raise ServingError(code, f"model version {served.version} failed: "
-                                 f"{_first_line(e.message)}") from None
+                                 f"{tf_error_text(e)}") from None
     return {k: outputs[k].numpy() for k in wanted}
 
 

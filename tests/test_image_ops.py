@@ -41,3 +41,30 @@ def test_dense_bytes_accepts_rank2_and_sparse():
     assert image_ops.to_dense_bytes(dense).numpy().tolist() == [b"a", b"b"]
     sparse = tf.sparse.from_dense(dense)
     assert image_ops.to_dense_bytes(sparse).numpy().tolist() == [b"a", b"b"]
+
+
+def test_decode_rgb_replicates_gray_drops_alpha_and_keeps_first_gif_frame():
+    gray = image_ops.decode_rgb(_encode("L", "PNG")).numpy()
+    assert gray.shape == (12, 20, 3) and (gray == 128).all()
+    rgba = image_ops.decode_rgb(_encode("RGBA", "PNG")).numpy()
+    assert rgba.shape == (12, 20, 3) and rgba[0, 0].tolist() == [200, 30, 10]
+    frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    gif = image_ops.decode_rgb(buf.getvalue()).numpy()
+    assert gif.shape == (4, 4, 3) and gif[0, 0, 0] > 200 and gif[0, 0, 2] < 50
+
+
+def test_tf_error_text_is_one_line_without_tf_decorations():
+    import tensorflow as tf
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        image_ops.decode_rgb(b"not an image")
+    text = image_ops.tf_error_text(info.value)
+    assert text.startswith("Unknown image file format") and "\n" not in text
+    assert "{{" not in text and "[Op:" not in text
+    message = ("{{function_node __wrapped__X_device_/job:localhost}} bad input [Op:X]\n"
+               "more detail")
+    assert image_ops.tf_error_text(message) == "bad input"
+    assert image_ops.tf_error_text("\n  \nsecond line") == "second line"
+    assert image_ops.tf_error_text(ValueError()) == "ValueError"

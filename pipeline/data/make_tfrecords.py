@@ -19,8 +19,8 @@ folder name) and `filename` (bytes: path relative to IMAGES_DIR, '/'-separated).
 Decisions:
 
 - Validation: every file is decoded twice, by PIL (`Image.open(...).load()`: catches
-  truncated/corrupt files) and by `tf.io.decode_image(channels=3, expand_animations=False)`
-  (what passes here decodes in TensorFlow later; e.g. 1-bit BMPs open in PIL but not in TF).
+  truncated/corrupt files) and by TensorFlow (`components.image_ops.decode_rgb`, the decode
+  the model does: what passes here decodes later; e.g. 1-bit BMPs open in PIL but not in TF).
   Accepted extensions: .jpg .jpeg .png .gif .bmp (any case); other extensions, empty, unreadable
   or undecodable files are skipped, logged by name with a reason and counted in
   `ConversionSummary.bad_files`. A class folder left without a valid image is reported and
@@ -54,7 +54,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import shutil
 import time
 from contextlib import ExitStack
@@ -111,16 +110,11 @@ def _open_writer(path: str):
     return tf.io.TFRecordWriter(path)
 
 
-def _tf_error_text(exc: Exception) -> str:
-    msg = getattr(exc, "message", None) or str(exc)
-    msg = re.sub(r"\{\{[^}]*\}\}\s*", "", msg).strip().splitlines()
-    return msg[0] if msg else type(exc).__name__
-
-
 def _validate(data: bytes) -> str | None:
     """None if both PIL and TensorFlow decode `data`, else the reason."""
     from PIL import Image, UnidentifiedImageError
-    import tensorflow as tf
+
+    from components.image_ops import decode_rgb, tf_error_text
 
     if not data:
         return "empty file (0 bytes)"
@@ -132,9 +126,9 @@ def _validate(data: bytes) -> str | None:
     except Exception as exc:  # truncated, corrupt, decompression bomb, ...
         return f"corrupt or truncated image (PIL: {exc})"
     try:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = decode_rgb(data)
     except Exception as exc:
-        return f"TensorFlow cannot decode it ({_tf_error_text(exc)})"
+        return f"TensorFlow cannot decode it ({tf_error_text(exc)})"
     if image.shape[0] == 0 or image.shape[1] == 0:
         return "image has no pixels"
     return None
