@@ -17,7 +17,7 @@ def _cmd_make_tfrecords(args: argparse.Namespace) -> int:
 
 
 def _cmd_imagenet_predict(args: argparse.Namespace) -> int:
-    from components.backbones import imagenet_predict
+    from pipeline import imagenet_predict
     return imagenet_predict.main(args)
 
 

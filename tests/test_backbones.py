@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.backbones import efficientnet_lite, get_backbone, imagenet_predict, names
+from components.backbones import efficientnet_lite, get_backbone, names
+from pipeline import imagenet_predict
 
 ALL = ["efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
        "resnet50", "resnet101", "resnet152"] + [f"efficientnet_b{i}" for i in range(8)] + [
