@@ -7,7 +7,7 @@ Starts `graft serve` in a subprocess, sends single-image Predict requests (real 
 --seconds each, and reports requests/s, p50/p99 latency and errors. Then, with the server
 stopped, it times the same `serving_default` signature in process on the same single-image
 batches, for the ratio of served to in-process p50 latency. Without --model-base-path it
-benchmarks the toy model (serving.toy_model) and says so. Writes bench/results/serving.json
+benchmarks the toy model (tests/toy_model.py) and says so. Writes bench/results/serving.json
 (or --out) and prints a markdown table. Skips (exit 0) when the flowers data is absent.
 Client threads and the server share the machine's cores, so the numbers include the client.
 """
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="graft-bench-serving-")
     toy = args.model_base_path is None
     if toy:
-        from serving import toy_model
+        from tests import toy_model
         base, name = os.path.join(workdir, "toy"), "toy"
         toy_model.push(base, 1)
         print(f"no --model-base-path given: benchmarking the TOY model ({base}), not graft's")

@@ -6,5 +6,6 @@
 - `serving.client`: `graft predict`, one Predict request per image, top-k output.
 - helpers: `protos` (light TF Serving API import, tensor protos by hand), `model_store`
   (version scanning, loading, hot swap), `predict` (request validation and execution),
-  `images` (cheap per-element image checks), `toy_model` (tiny SavedModel for tests/bench).
+  `images` (cheap per-element image checks). The toy SavedModel that tests and the serving
+  benchmark use is a test fixture: tests/toy_model.py.
 """

@@ -26,7 +26,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import model_store, protos, toy_model
+import toy_model
+from serving import model_store, protos
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.5

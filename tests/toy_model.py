@@ -1,8 +1,11 @@
 """A tiny SavedModel with graft's serving contract, for tests and the serving benchmark.
 
+A test fixture, kept out of the shipped `serving` package (`import toy_model` in tests,
+`from tests import toy_model` in bench/serving_load.py).
+
 `serving_default`: `image_bytes` DT_STRING [None] -> `probabilities` float32 [None, 3],
-`class_index` int64 [None], `class_name` string [None], `class_names` string [None, n]. Each element is decoded with
-tf.io.decode_image(channels=3, expand_animations=False), resized to 16x16, and a fixed linear
+`class_index` int64 [None], `class_name` string [None], `class_names` string [None, n]. Each
+element is decoded with components.image_ops.decode_rgb, resized to 16x16, and a fixed linear
 layer over the mean colour (scaled to 0..1) gives softmax probabilities over red/green/blue.
 Variant 1 maps red->red, variant 2 permutes the classes (red->green...), so a hot swap is
 observable. A second signature, `serve_tf_examples`, takes serialized tf.Examples ('image').
@@ -27,6 +30,8 @@ def build(export_dir: str, variant: int = 1) -> str:
     """Write the toy SavedModel to export_dir (which must not exist)."""
     import tensorflow as tf
 
+    from components.image_ops import decode_rgb
+
     w, b = _weights(variant)
 
     class Toy(tf.Module):
@@ -38,7 +43,7 @@ def build(export_dir: str, variant: int = 1) -> str:
 
         def _probs(self, image_bytes):
             def decode(data):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+                image = decode_rgb(data)
                 image.set_shape([None, None, 3])
                 return tf.image.resize(tf.cast(image, tf.float32), [16, 16])
 
