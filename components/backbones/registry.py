@@ -15,27 +15,39 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import NamedTuple
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _CAFFE_RANGE = (-_CAFFE_MEAN_BGR[2], 255.0 - _CAFFE_MEAN_BGR[0])
 _LITE_RANGE = (-127.0 / 128.0, 1.0)
 
-# name: (input_size, family, value_range, tf_keras.applications attribute, module)
+
+
+class _Spec(NamedTuple):
+    input_size: int             # native pixels
+    family: str                 # see the module docstring
+    value_range: tuple          # (lo, hi) of preprocess() for inputs in [0, 255]
+    app: str | None = None      # tf_keras.applications model constructor (None for 'lite')
+    module: str | None = None   # tf_keras.applications module with its preprocess_input
+
+
 _SPECS = {
-    "efficientnet_lite0": (224, "lite", _LITE_RANGE, None, None),
-    "mobilenet_v2": (224, "mobilenet", (-1.0, 1.0), "MobileNetV2", "mobilenet_v2"),
-    "mobilenet_v3_small": (224, "mobilenet", (0.0, 255.0), "MobileNetV3Small", "mobilenet_v3"),
-    "mobilenet_v3_large": (224, "mobilenet", (0.0, 255.0), "MobileNetV3Large", "mobilenet_v3"),
-    "resnet50": (224, "caffe", _CAFFE_RANGE, "ResNet50", "resnet"),
-    "resnet101": (224, "caffe", _CAFFE_RANGE, "ResNet101", "resnet"),
-    "resnet152": (224, "caffe", _CAFFE_RANGE, "ResNet152", "resnet"),
-    **{f"efficientnet_b{i}": (size, "efficientnet", (0.0, 255.0), f"EfficientNetB{i}",
-                              "efficientnet")
+    "efficientnet_lite0": _Spec(224, "lite", _LITE_RANGE),
+    "mobilenet_v2": _Spec(224, "mobilenet", (-1.0, 1.0), "MobileNetV2", "mobilenet_v2"),
+    "mobilenet_v3_small": _Spec(224, "mobilenet", (0.0, 255.0), "MobileNetV3Small",
+                                "mobilenet_v3"),
+    "mobilenet_v3_large": _Spec(224, "mobilenet", (0.0, 255.0), "MobileNetV3Large",
+                                "mobilenet_v3"),
+    "resnet50": _Spec(224, "caffe", _CAFFE_RANGE, "ResNet50", "resnet"),
+    "resnet101": _Spec(224, "caffe", _CAFFE_RANGE, "ResNet101", "resnet"),
+    "resnet152": _Spec(224, "caffe", _CAFFE_RANGE, "ResNet152", "resnet"),
+    **{f"efficientnet_b{i}": _Spec(size, "efficientnet", (0.0, 255.0), f"EfficientNetB{i}",
+                                   "efficientnet")
        for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))},
-    "vgg16": (224, "caffe", _CAFFE_RANGE, "VGG16", "vgg16"),
-    "vgg19": (224, "caffe", _CAFFE_RANGE, "VGG19", "vgg19"),
-    "efficientnet_lite1": (240, "lite", _LITE_RANGE, None, None),
-    "efficientnet_lite2": (260, "lite", _LITE_RANGE, None, None),
+    "vgg16": _Spec(224, "caffe", _CAFFE_RANGE, "VGG16", "vgg16"),
+    "vgg19": _Spec(224, "caffe", _CAFFE_RANGE, "VGG19", "vgg19"),
+    "efficientnet_lite1": _Spec(240, "lite", _LITE_RANGE),
+    "efficientnet_lite2": _Spec(260, "lite", _LITE_RANGE),
 }
 
 
@@ -59,6 +71,11 @@ class Backbone:
     family: str          # 'mobilenet' | 'caffe' | 'efficientnet' | 'lite'
     value_range: tuple   # (lo, hi) of what preprocess() outputs for inputs in [0,255]
 
+    def resolve_size(self, image_size: int | None) -> int:
+        """The input size in pixels for a configured ``image_size``: None/0 = the backbone's
+        native input size. The one place that decides it."""
+        return int(image_size or self.input_size)
+
     def preprocess(self, images):
         """float32 RGB [..., H, W, 3] in 0..255 -> what the base expects. Pure TF ops."""
         import tensorflow as tf
@@ -67,18 +84,18 @@ class Backbone:
         if self.family == "lite":
             from components.backbones import efficientnet_lite
             return efficientnet_lite.preprocess_input(images)
-        module = _SPECS[self.name][4]
+        module = _SPECS[self.name].module
         import tf_keras
         return getattr(tf_keras.applications, module).preprocess_input(images)
 
     def _app(self):
         import tf_keras
-        return getattr(tf_keras.applications, _SPECS[self.name][3])
+        return getattr(tf_keras.applications, _SPECS[self.name].app)
 
     def build_base(self, weights="imagenet", image_size=None):
         """tf_keras.Model without the top: (s, s, 3) preprocessed images -> 4D features."""
         weights = _resolve_weights(weights)
-        size = int(image_size or self.input_size)
+        size = self.resolve_size(image_size)
         if self.family == "lite":
             from components.backbones import efficientnet_lite
             return efficientnet_lite.build(self.name, include_top=False, weights=weights,
@@ -103,8 +120,8 @@ class Backbone:
         return model
 
 
-_REGISTRY = {name: Backbone(name, size, family, tuple(float(v) for v in vr))
-             for name, (size, family, vr, _, _) in _SPECS.items()}
+_REGISTRY = {name: Backbone(name, s.input_size, s.family, tuple(float(v) for v in s.value_range))
+             for name, s in _SPECS.items()}
 
 
 def get_backbone(name) -> Backbone:
