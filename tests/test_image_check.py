@@ -63,7 +63,8 @@ def examples(tmp_path):
 def test_bad_records_dropped_listed_and_good_ones_copied(examples, tmp_path):
     root, good, _, _ = examples
     out = str(tmp_path / "cleaned")
-    report = image_check.check_examples(root, out, ["train", "eval"], "image", "label")
+    report = image_check.check_examples(root, out, ["train", "eval"], "image", "label",
+                                        max_bad_fraction=0.1)
     assert sorted(os.listdir(os.path.join(out, "Split-train"))) == [
         "data_tfrecord-00000-of-00002.gz", "data_tfrecord-00001-of-00002.gz"]
     assert _read(os.path.join(out, "Split-train", "data_tfrecord-00000-of-00002.gz")) == good[:8]
@@ -105,7 +106,8 @@ def test_missing_image_feature_names_the_flag(tmp_path):
     root = str(tmp_path / "examples")
     _write_split(root, "train", {"a.gz": [_example(None, 0, "x.png")]})
     with pytest.raises(image_check.CorruptImages, match="--image-key"):
-        image_check.check_examples(root, str(tmp_path / "out"), ["train"], "image", "label")
+        image_check.check_examples(root, str(tmp_path / "out"), ["train"], "image", "label",
+                                   max_bad_fraction=0.1)
 
 
 def test_span_version_and_formats_are_copied():

@@ -16,8 +16,9 @@ silently (`ignore_errors`). ImageCheck reads every record of every split once, t
   "error"}]} (index = 0-based record number inside `file`). The run report reads it.
 
 A record without bytes under `image_key` or that is not a tf.Example counts as bad too. If
-more than `max_bad_fraction` (default 10 %) of a split is bad, the component fails with a
-message naming the first bad records (a wrong --image-key makes every record bad).
+more than `max_bad_fraction` of a split is bad (required; the pipeline passes its
+`max_bad_image_fraction`, `--max-bad-image-fraction`), the component fails with a message
+naming the first bad records (a wrong --image-key makes every record bad).
 
 Cost, measured on ../shared/data/flowers-dev (1,000 JPEGs, 58 MB, 796 train / 204 eval after
 `graft make-tfrecords`), 2 cores shared with other jobs (load 1.7-5): as a component in
@@ -42,7 +43,6 @@ from tfx.types import artifact_utils
 from components.image_ops import decode_rgb, tf_error_text
 
 REPORT_FILE = "image_check.json"
-DEFAULT_MAX_BAD_FRACTION = 0.1
 # Custom properties of ImportExampleGen's output that downstream readers use.
 COPIED_PROPERTIES = ("span", "version", "input_fingerprint", "payload_format", "file_format")
 # GZIP container, deflate level 0: readable by every GZIP TFRecord reader; image bytes are
@@ -130,7 +130,7 @@ def _describe(b: dict) -> str:
 
 
 def check_examples(examples_uri: str, out_uri: str, splits: list, image_key: str,
-                   label_key: str, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+                   label_key: str, max_bad_fraction: float,
                    workers: int = 0) -> dict:
     """Checks every split; writes the cleaned splits under out_uri; returns the report dict.
     Raises CorruptImages when a split has more than max_bad_fraction bad records."""
@@ -186,7 +186,7 @@ def ImageCheck(
     report: tfx.dsl.components.OutputArtifact[ImageCheckReport],
     image_key: tfx.dsl.components.Parameter[str],
     label_key: tfx.dsl.components.Parameter[str],
-    max_bad_fraction: tfx.dsl.components.Parameter[float] = DEFAULT_MAX_BAD_FRACTION,
+    max_bad_fraction: tfx.dsl.components.Parameter[float],
 ) -> None:
     splits = artifact_utils.decode_split_names(examples.split_names)
     result = check_examples(examples.uri, cleaned_examples.uri, splits, image_key, label_key,
