@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components import transform
+from components import image_ops, transform
+from components.training_config import TrainingConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -24,10 +25,10 @@ def _files(patterns) -> list[str]:
     return files
 
 
-def raw_spec(tf_transform_output, custom_config) -> dict:
+def raw_spec(tf_transform_output, cfg: TrainingConfig) -> dict:
     """The raw feature spec of the image and label features only."""
     spec = tf_transform_output.raw_feature_spec()
-    keys = [custom_config["image_key"], custom_config["label_key"]]
+    keys = [cfg.image_key, cfg.label_key]
     missing = [k for k in keys if k not in spec]
     if missing:
         raise ValueError("features %s are not in the schema (present: %s); set image_key/"
@@ -37,17 +38,16 @@ def raw_spec(tf_transform_output, custom_config) -> dict:
 
 def _decodes(image_bytes: tf.Tensor) -> tf.Tensor:
     """Raises inside tf.data (so ignore_errors drops the record) if the image is bad."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    return tf.shape(image)[0]
+    return tf.shape(image_ops.decode_rgb(image_bytes))[0]
 
 
-def make_dataset(file_patterns, tf_transform_output, custom_config, batch_size: int,
-                 training: bool, value_range=(0.0, 255.0), repeat: bool = False,
+def make_dataset(file_patterns, tf_transform_output, cfg: TrainingConfig, batch_size: int,
+                 training: bool, value_range=(0.0, 255.0),
                  cache: bool = True) -> tf.data.Dataset:
     """Batches of (transformed image float32 [B,S,S,3], label int64 [B])."""
-    spec = raw_spec(tf_transform_output, custom_config)
-    image_key, label_key = custom_config["image_key"], custom_config["label_key"]
-    num_classes = len(custom_config["label_names"])
+    spec = raw_spec(tf_transform_output, cfg)
+    image_key, label_key = cfg.image_key, cfg.label_key
+    num_classes = cfg.num_classes
     ds = tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP",
                                  num_parallel_reads=AUTOTUNE)
     ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE)
@@ -65,9 +65,7 @@ def make_dataset(file_patterns, tf_transform_output, custom_config, batch_size: 
     if cache:
         ds = ds.cache()  # raw bytes only: small, and the decode check runs once
     if training:
-        ds = ds.shuffle(2048, seed=custom_config.get("seed", 42), reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+        ds = ds.shuffle(2048, seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     tft_layer = tf_transform_output.transform_features_layer()
 
@@ -76,8 +74,8 @@ def make_dataset(file_patterns, tf_transform_output, custom_config, batch_size: 
         return out[transform.IMAGE_XF], tf.reshape(features[label_key], [-1])
 
     ds = ds.map(apply_transform, num_parallel_calls=AUTOTUNE)
-    if training and custom_config.get("augment", True):
-        ds = ds.map(lambda x, y: (augment(x, value_range, custom_config.get("seed", 42)), y),
+    if training and cfg.augment:
+        ds = ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
                     num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 

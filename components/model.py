@@ -20,20 +20,17 @@ import time
 
 import tf_keras
 
+from components.training_config import TrainingConfig
+
 
 SCRATCH_BN_MOMENTUM = 0.9
 
 
-def from_scratch(custom_config: dict) -> bool:
-    """True when the backbone starts from random weights (nothing to transfer)."""
-    return custom_config.get("weights", "imagenet") in ("", "none", "None", None)
-
-
-def build(backbone, custom_config: dict, image_size: int):
+def build(backbone, cfg: TrainingConfig):
     """Returns (model, base): the base frozen (phase 1), or all of it trainable from scratch."""
-    scratch = from_scratch(custom_config)
-    weights = None if scratch else custom_config.get("weights", "imagenet")
-    base = backbone.build_base(weights=weights, image_size=image_size)
+    scratch = cfg.from_scratch
+    image_size = cfg.input_size()
+    base = backbone.build_base(weights=None if scratch else cfg.weights, image_size=image_size)
     base.trainable = scratch
     if scratch:
         for layer in base.layers:
@@ -44,10 +41,9 @@ def build(backbone, custom_config: dict, image_size: int):
     # statistics (training follows the Keras learning phase).
     x = base(inputs) if scratch else base(inputs, training=False)
     x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = tf_keras.layers.Dense(int(custom_config.get("head_units", 128)), activation="relu",
-                              name="head_dense")(x)
-    x = tf_keras.layers.Dropout(float(custom_config.get("dropout", 0.5)), name="head_dropout")(x)
-    outputs = tf_keras.layers.Dense(len(custom_config["label_names"]), activation="softmax",
+    x = tf_keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense")(x)
+    x = tf_keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    outputs = tf_keras.layers.Dense(cfg.num_classes, activation="softmax",
                                     dtype="float32", name="probabilities")(x)
     return tf_keras.Model(inputs, outputs, name="graft_classifier"), base
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from components import transform
+from components.training_config import TrainingConfig
 
 SERVING_INPUT = "image_bytes"
 
@@ -28,12 +29,12 @@ def _bytes_as_raw_feature(image_bytes: tf.Tensor, spec) -> tf.Tensor:
     return image_bytes
 
 
-def make_signatures(model, tf_transform_output, custom_config: dict) -> dict:
+def make_signatures(model, tf_transform_output, cfg: TrainingConfig) -> dict:
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
-    image_key, label_key = custom_config["image_key"], custom_config["label_key"]
+    image_key, label_key = cfg.image_key, cfg.label_key
     image_spec = raw_spec[image_key]
-    label_names = tf.constant([str(n) for n in custom_config["label_names"]])
+    label_names = tf.constant([str(n) for n in cfg.label_names])
 
     def predict(transformed):
         return model(transformed[transform.IMAGE_XF], training=False)

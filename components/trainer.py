@@ -19,8 +19,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from components import dataset, distribution, model as model_lib, signatures, transform
+from components import dataset, distribution, model as model_lib, signatures
 from components.backbones import registry
+from components.training_config import TrainingConfig
 
 
 def _fit(model, train_ds, eval_ds, epochs, patience, callbacks, phase):
@@ -77,14 +78,14 @@ def plot_history(histories: list, path: str) -> None:
 
 
 def run_fn(fn_args) -> None:
-    cfg = dict(fn_args.custom_config)
-    tf_keras.utils.set_random_seed(int(cfg.get("seed", 42)))
+    cfg = TrainingConfig.from_custom_config(fn_args.custom_config)
+    tf_keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    backbone = registry.get_backbone(cfg["backbone"])
-    size = transform.image_size(cfg)
+    backbone = registry.get_backbone(cfg.backbone)
+    size = cfg.input_size()
     strategy = distribution.choose_strategy()
     policy = distribution.configure_precision()
-    global_batch = int(cfg.get("batch_size", 32)) * strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
     print("graft trainer: backbone=%s size=%d strategy=%s replicas=%d policy=%s batch=%d"
           % (backbone.name, size, type(strategy).__name__, strategy.num_replicas_in_sync,
              policy, global_batch))
@@ -95,24 +96,24 @@ def run_fn(fn_args) -> None:
                                    training=False)
 
     with strategy.scope():
-        model, base = model_lib.build(backbone, cfg, size)
-        model_lib.compile_for(model, float(cfg.get("learning_rate", 1e-3)))
+        model, base = model_lib.build(backbone, cfg)
+        model_lib.compile_for(model, cfg.learning_rate)
     log_dir = os.path.join(fn_args.model_run_dir, "logs")
     callbacks = [tf_keras.callbacks.TensorBoard(log_dir=log_dir)]
-    patience = int(cfg.get("early_stopping_patience", 3))
+    patience = cfg.early_stopping_patience
 
-    scratch = model_lib.from_scratch(cfg)
-    phase1 = _fit(model, train_ds, eval_ds, int(cfg.get("epochs", 10)), patience, callbacks,
+    scratch = cfg.from_scratch
+    phase1 = _fit(model, train_ds, eval_ds, cfg.epochs, patience, callbacks,
                   "from scratch" if scratch else "phase 1")
     phase2 = {}
     phase1_weights = model.get_weights()
     # From scratch every layer trained already: there is nothing left to fine-tune.
-    if int(cfg.get("fine_tune_epochs", 0)) > 0 and not scratch:
+    if cfg.fine_tune_epochs > 0 and not scratch:
         with strategy.scope():
-            unfrozen = model_lib.unfreeze_top(base, int(cfg.get("fine_tune_layers", 20)))
-            model_lib.compile_for(model, float(cfg.get("fine_tune_learning_rate", 1e-5)))
+            unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_layers)
+            model_lib.compile_for(model, cfg.fine_tune_learning_rate)
         print("graft trainer: phase 2 with %d trainable base layers" % unfrozen)
-        phase2 = _fit(model, train_ds, eval_ds, int(cfg["fine_tune_epochs"]), patience,
+        phase2 = _fit(model, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
                       callbacks, "phase 2")
     if phase2 and _best(phase2).get("val_loss", float("inf")) > _best(phase1)["val_loss"]:
         # Fine-tuning never makes the model worse: keep phase 1's weights.
@@ -124,7 +125,7 @@ def run_fn(fn_args) -> None:
     final = model.evaluate(eval_ds, verbose=0, return_dict=True)
 
     summary = {"backbone": backbone.name, "image_size": size, "global_batch": global_batch,
-               "init": "random" if scratch else str(cfg.get("weights", "imagenet")),
+               "init": "random" if scratch else str(cfg.weights),
                "strategy": type(strategy).__name__, "precision": policy,
                "phase1": _best(phase1), "phase2": _best(phase2),
                "final_val_accuracy": float(final["accuracy"]),

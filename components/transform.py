@@ -13,25 +13,20 @@ import tensorflow as tf
 
 from components import image_ops
 from components.backbones import registry
+from components.training_config import TrainingConfig
 
 IMAGE_XF = "image_xf"
 LABEL_XF = "label_xf"
 
 
-def image_size(custom_config: dict) -> int:
-    """The input size in pixels: configured, or the backbone's native size."""
-    backbone = registry.get_backbone(custom_config["backbone"])
-    return int(custom_config.get("image_size") or backbone.input_size)
-
-
 def preprocessing_fn(inputs, custom_config):
     """tf.Transform preprocessing_fn (no analyzers: a pure per-example mapping)."""
-    backbone = registry.get_backbone(custom_config["backbone"])
-    size = image_size(custom_config)
-    image_bytes = image_ops.to_dense_bytes(inputs[custom_config["image_key"]])
-    images = image_ops.decode_resize(image_bytes, size)
+    cfg = TrainingConfig.from_custom_config(custom_config)
+    backbone = registry.get_backbone(cfg.backbone)
+    image_bytes = image_ops.to_dense_bytes(inputs[cfg.image_key])
+    images = image_ops.decode_resize(image_bytes, cfg.input_size())
     outputs = {IMAGE_XF: tf.cast(backbone.preprocess(images), tf.float32)}
-    label_key = custom_config["label_key"]
+    label_key = cfg.label_key
     if label_key in inputs:
         label = inputs[label_key]
         if isinstance(label, tf.SparseTensor):

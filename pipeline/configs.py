@@ -1,18 +1,21 @@
 """The one typed configuration of a graft pipeline run, and its defaults.
 
-Every runner and the CLI build a `PipelineConfig`; nothing else defines defaults. The
-pipeline-facing fields are plain JSON-able values so that they can travel into the TFX
-components as `custom_config`.
+`PipelineConfig` holds what the pipeline and its runners decide (data layout, blessing floor,
+paths, Beam) and contains the `TrainingConfig` that the Transform and Trainer read
+(components/training_config.py, which owns those defaults). Nothing else defines defaults:
+the `graft run` / `graft retrain` / `graft kubeflow compile` flags are generated from the
+fields of both dataclasses (a field with a help text is a flag named after it), and
+`from_args()` is the only place that turns flags into a config.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-from typing import Any, Optional
+from typing import Iterable
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from components.training_config import DEFAULT_BACKBONE, TrainingConfig, config_field
+
 DEFAULT_OUTPUT_DIR = "graft-output"
 DEFAULT_MODEL_NAME = "graft"
 # The code that runs inside TFX components (module files live at its top level).
@@ -23,56 +26,35 @@ COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 # small images, so a small input size and few epochs keep `graft run` under 10 minutes on 2 cores.
 DEMO_PER_CLASS = 60
 DEMO_PNG_SIZE = 64
-DEMO_IMAGE_SIZE = 96
-DEMO_EPOCHS = 25
-DEMO_FINE_TUNE_EPOCHS = 3
+DEMO_TRAINING = {"image_size": 96, "epochs": 25, "fine_tune_epochs": 3}
+
+__all__ = ["DEFAULT_BACKBONE", "PipelineConfig", "TrainingConfig"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Everything that decides what a pipeline run does."""
 
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     # Data.
     data_dir: str = ""                      # holds span-N/{train,eval}/*; empty = embedded demo
-    label_names: tuple = ()                 # class names, index = label id
-    image_key: str = "image"                # tf.Example key of the encoded image bytes
-    label_key: str = "label"                # tf.Example key of the int64 label
-    num_spans: int = 1                      # rolling window of the last K spans
-    max_bad_image_fraction: float = 0.1     # ImageCheck fails a split with more bad images
-    train_pattern: str = "span-{SPAN}/train/*"  # relative to data_dir
-    eval_pattern: str = "span-{SPAN}/eval/*"
-    # Model.
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = "imagenet"               # 'imagenet', a local weights file, or 'none'
-                                            # ('none' trains every layer from scratch)
-    image_size: Optional[int] = None        # None = the backbone's native input size
-    head_units: int = 128
-    dropout: float = 0.5
-    # Training.
-    batch_size: int = 32
-    epochs: int = 10                        # phase 1 (frozen base) maximum epochs
-    fine_tune_epochs: int = 5               # phase 2 maximum epochs; 0 skips phase 2
-    learning_rate: float = 1e-3             # phase 1
-    fine_tune_learning_rate: float = 1e-5   # phase 2 (10-100x lower)
-    fine_tune_layers: int = 20              # top base layers unfrozen in phase 2
-    early_stopping_patience: int = 3
-    augment: bool = True
-    seed: int = 42
-    code_version: str = ""                  # hash of component sub-packages (cache key)
+    num_spans: int = config_field(1, "train on a rolling window of the last K spans")
+    max_bad_image_fraction: float = config_field(
+        0.1, "fail when more than this fraction of a split's images do not decode (fewer are "
+        "dropped and listed in the report)")
+    train_pattern: str = config_field("span-{SPAN}/train/*", "train files under --data")
+    eval_pattern: str = config_field("span-{SPAN}/eval/*", "eval files under --data")
     # Evaluation and push.
-    min_accuracy: float = 0.5               # blessing floor
-    model_name: str = DEFAULT_MODEL_NAME
+    min_accuracy: float = config_field(0.5, "blessing floor on eval accuracy")
+    model_name: str = config_field(DEFAULT_MODEL_NAME, "served model name")
     # Where things go (owned by the runner).
     pipeline_name: str = "graft"
     output_dir: str = DEFAULT_OUTPUT_DIR
     serving_dir: str = ""                   # empty = OUTPUT_DIR/serving
     # Beam.
-    beam_mode: str = "multi_processing"     # or in_memory
+    beam_mode: str = config_field("multi_processing", "Beam DirectRunner mode",
+                            choices=("multi_processing", "in_memory"))
     beam_workers: int = 0                   # 0 = one per core
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
 
     @property
     def pipeline_root(self) -> str:
@@ -92,66 +74,47 @@ class PipelineConfig:
             "--direct_num_workers=%d" % self.beam_workers,
         ]
 
-    def component_config(self) -> dict[str, Any]:
-        """The subset that the Transform and Trainer code reads (JSON-able)."""
-        keys = ["label_names", "image_key", "label_key", "backbone", "weights", "image_size",
-                "head_units", "dropout", "batch_size", "epochs", "fine_tune_epochs",
-                "learning_rate", "fine_tune_learning_rate", "fine_tune_layers",
-                "early_stopping_patience", "augment", "seed", "code_version"]
-        cfg = {k: getattr(self, k) for k in keys}
-        cfg["label_names"] = list(self.label_names)
-        return json.loads(json.dumps(cfg))
+
+def flag_fields() -> list[tuple[type, dataclasses.Field]]:
+    """(dataclass, field) of every setting that is a command-line flag, training first."""
+    return [(cls, f) for cls in (TrainingConfig, PipelineConfig)
+            for f in dataclasses.fields(cls) if f.metadata.get("help")]
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("negative") or "--" + field.name.replace("_", "-")
+
+
+def add_config_arguments(p: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> None:
+    """One flag per config field with a help text (not given = the config's default)."""
+    for cls, f in flag_fields():
+        if f.name in exclude:
+            continue
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(flag_name(f), dest=f.name, action="store_const", const=not default,
+                           default=None, help="%s (%s by default; this flag turns it %s)"
+                           % (f.metadata["help"], "on" if default else "off",
+                              "off" if default else "on"))
+            continue
+        kind = f.metadata.get("type") or type(default)
+        help_text = f.metadata["help"]
+        if default not in (None, ""):
+            help_text += " (default %s)" % str(default).replace("%", "%%")
+        p.add_argument(flag_name(f), dest=f.name, type=kind, default=None,
+                       choices=f.metadata.get("choices"), help=help_text)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The `graft run` flags; defaults come from PipelineConfig."""
-    d = PipelineConfig()
+    """The `graft run` / `graft retrain` flags."""
     p.add_argument("--data", default="",
                    help="directory with span-N/{train,eval}/* TFRecords and labels.txt, or a "
                    "folder of class sub-folders (converted first), or 'flowers' (downloads "
                    "tf_flowers); default: the embedded offline demo set")
-    p.add_argument("--backbone", default=d.backbone, help="backbone name (default %(default)s)")
-    p.add_argument("--weights", default=d.weights,
-                   help="'imagenet', a local weights file, or 'none' (random init: one phase "
-                   "trains every layer from scratch; default %(default)s)")
-    p.add_argument("--output", default=d.output_dir,
+    p.add_argument("--output", default=DEFAULT_OUTPUT_DIR,
                    help="pipeline root, ML Metadata and report go here (default %(default)s)")
     p.add_argument("--serving-dir", default="", help="push target (default OUTPUT/serving)")
-    p.add_argument("--model-name", default=d.model_name, help="default %(default)s")
-    p.add_argument("--min-accuracy", type=float, default=None,
-                   help="blessing floor on eval accuracy (default %s)" % d.min_accuracy)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="phase 1 maximum epochs (default %d)" % d.epochs)
-    p.add_argument("--fine-tune-epochs", type=int, default=None,
-                   help="phase 2 maximum epochs, 0 skips it (default %d)" % d.fine_tune_epochs)
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help="phase 1 learning rate (default %g)" % d.learning_rate)
-    p.add_argument("--fine-tune-learning-rate", type=float, default=None,
-                   help="phase 2 learning rate, 10-100x lower (default %g)"
-                   % d.fine_tune_learning_rate)
-    p.add_argument("--fine-tune-layers", type=int, default=None,
-                   help="top base layers unfrozen in phase 2 (default %d)" % d.fine_tune_layers)
-    p.add_argument("--early-stopping-patience", type=int, default=None,
-                   help="epochs without a better validation loss before a phase stops "
-                   "(default %d)" % d.early_stopping_patience)
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size in pixels (default: the backbone's native size)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--image-key", default=None, help="tf.Example key of the image bytes")
-    p.add_argument("--label-key", default=None, help="tf.Example key of the int64 label")
-    p.add_argument("--train-pattern", default=None,
-                   help="train files under --data (default %s)" % d.train_pattern)
-    p.add_argument("--eval-pattern", default=None,
-                   help="eval files under --data (default %s)" % d.eval_pattern)
-    p.add_argument("--num-spans", type=int, default=None,
-                   help="train on a rolling window of the last K spans (default 1)")
-    p.add_argument("--max-bad-image-fraction", type=float, default=None,
-                   help="fail when more than this fraction of a split's images do not decode "
-                   "(default %g; fewer are dropped and listed in the report)"
-                   % d.max_bad_image_fraction)
-    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
-    p.add_argument("--beam-mode", choices=["multi_processing", "in_memory"], default=None,
-                   help="Beam DirectRunner mode (default %s)" % d.beam_mode)
+    add_config_arguments(p)
 
 
 def read_label_names(data_dir: str) -> tuple:
@@ -167,34 +130,19 @@ def read_label_names(data_dir: str) -> tuple:
     return names
 
 
-def from_args(args: argparse.Namespace, data_dir: str, label_names: tuple,
-              demo: bool = False) -> PipelineConfig:
-    """The config of a `graft run`: flags override defaults (demo defaults for the demo set)."""
-    cfg = PipelineConfig(data_dir=os.path.abspath(data_dir), label_names=tuple(label_names),
-                         output_dir=os.path.abspath(args.output), model_name=args.model_name,
-                         backbone=args.backbone, weights=args.weights)
-    if demo:
-        cfg.image_size = DEMO_IMAGE_SIZE
-        cfg.epochs = DEMO_EPOCHS
-        cfg.fine_tune_epochs = DEMO_FINE_TUNE_EPOCHS
-    cfg.serving_dir = os.path.abspath(args.serving_dir) if args.serving_dir else ""
-    overrides = {"min_accuracy": args.min_accuracy, "epochs": args.epochs,
-                 "fine_tune_epochs": args.fine_tune_epochs,
-                 "fine_tune_layers": args.fine_tune_layers, "image_size": args.image_size,
-                 "learning_rate": args.learning_rate,
-                 "early_stopping_patience": args.early_stopping_patience,
-                 "fine_tune_learning_rate": args.fine_tune_learning_rate,
-                 "batch_size": args.batch_size, "image_key": args.image_key,
-                 "label_key": args.label_key, "num_spans": args.num_spans,
-                 "train_pattern": args.train_pattern, "eval_pattern": args.eval_pattern,
-                 "beam_mode": args.beam_mode,
-                 "max_bad_image_fraction": args.max_bad_image_fraction}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(cfg, key, value)
-    if args.no_augment:
-        cfg.augment = False
-    return cfg
+def from_args(args: argparse.Namespace, *, data_dir: str, label_names: tuple, output_dir: str,
+              serving_dir: str = "", demo: bool = False, code_version: str = "") -> PipelineConfig:
+    """The config of a run: defaults, then the demo's defaults (demo set), then given flags."""
+    given = {f.name: getattr(args, f.name) for _, f in flag_fields()
+             if getattr(args, f.name, None) is not None}
+    training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
+    training = {**(DEMO_TRAINING if demo else {}),
+                **{k: v for k, v in given.items() if k in training_names}}
+    pipeline = {k: v for k, v in given.items() if k not in training_names}
+    return PipelineConfig(
+        training=TrainingConfig(label_names=tuple(label_names), code_version=code_version,
+                                **training),
+        data_dir=data_dir, output_dir=output_dir, serving_dir=serving_dir, **pipeline)
 
 
 @dataclasses.dataclass

@@ -36,7 +36,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         model_specs=[tfma.ModelSpec(
             signature_name="serve_tf_examples",
             preprocessing_function_names=["transform_features"],
-            label_key=config.label_key,
+            label_key=config.training.label_key,
             prediction_key="probabilities")],
         slicing_specs=[tfma.SlicingSpec()],
         metrics_specs=[
@@ -48,7 +48,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[tfma.MetricConfig(class_name="Recall")],
                 binarize=tfma.BinarizationOptions(
-                    class_ids={"values": list(range(config.num_classes))})),
+                    class_ids={"values": list(range(config.training.num_classes))})),
         ])
 
 
@@ -68,8 +68,10 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     ])
     example_gen = tfx.components.ImportExampleGen(input_base=config.data_dir,
                                                   input_config=input_config)
-    image_check = ImageCheck(examples=example_gen.outputs["examples"], image_key=config.image_key,
-                             label_key=config.label_key, max_bad_fraction=config.max_bad_image_fraction)
+    training = config.training
+    image_check = ImageCheck(examples=example_gen.outputs["examples"],
+                             image_key=training.image_key, label_key=training.label_key,
+                             max_bad_fraction=config.max_bad_image_fraction)
     checked = image_check.outputs["cleaned_examples"]  # every reader below uses these
     if span_window:
         span_resolver = tfx.dsl.Resolver(
@@ -91,10 +93,10 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_gate = DataGate(statistics=statistics_gen.outputs["statistics"],
                          anomalies=example_validator.outputs["anomalies"],
-                         image_key=config.image_key, label_key=config.label_key,
-                         num_classes=config.num_classes)
+                         image_key=training.image_key, label_key=training.label_key,
+                         num_classes=training.num_classes)
 
-    custom_config = config.component_config()
+    custom_config = training.to_custom_config()
     transform = tfx.components.Transform(
         examples=examples, schema=schema_gen.outputs["schema"], module_file=TRANSFORM_MODULE,
         materialize=False, disable_statistics=True, custom_config=custom_config)

@@ -4,18 +4,21 @@ trainable, BatchNorm learning its statistics); plus the per-epoch clock and the 
 time-to-accuracy and nested stratified subsets."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
 from components import model as model_lib
+from components.training_config import TrainingConfig
 from components.backbones import get_backbone
 
 from bench import transfer_vs_scratch  # not bench/ on sys.path: bench/serving.py would
 #                                        shadow the serving package for later test modules
 
-CFG = {"label_names": ["a", "b", "c"], "head_units": 8, "dropout": 0.0}
+CFG = TrainingConfig(label_names=("a", "b", "c"), head_units=8, dropout=0.0, image_size=32)
 
 
 def _bn_moving_means(base):
@@ -33,10 +36,10 @@ def _fit_one_epoch(model):
 
 
 def test_from_scratch_trains_every_layer_and_batchnorm_statistics():
-    assert model_lib.from_scratch({"weights": "none"}) and model_lib.from_scratch({"weights": ""})
-    assert not model_lib.from_scratch({"weights": "imagenet"})
+    assert TrainingConfig(weights="none").from_scratch and TrainingConfig(weights="").from_scratch
+    assert not TrainingConfig(weights="imagenet").from_scratch
     model, base = model_lib.build(get_backbone("efficientnet_lite0"),
-                                  dict(CFG, weights="none"), 32)
+                                  dataclasses.replace(CFG, weights="none"))
     assert base.trainable
     bns = [l for l in base.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
     assert bns and all(l.momentum == model_lib.SCRATCH_BN_MOMENTUM for l in bns)
@@ -54,7 +57,7 @@ def test_transfer_phase1_freezes_base_and_batchnorm_stays_in_inference_mode(monk
     # Random init stands in for the ImageNet weights: only the freezing is under test here.
     monkeypatch.setattr(type(backbone), "build_base",
                         lambda self, weights, image_size: real_build(None, image_size))
-    model, base = model_lib.build(backbone, dict(CFG, weights="imagenet"), 32)
+    model, base = model_lib.build(backbone, dataclasses.replace(CFG, weights="imagenet"))
     assert not base.trainable and not base.trainable_weights
     head = [w.name for w in model.trainable_weights]
     assert head and all(n.startswith(("head_dense", "probabilities")) for n in head)

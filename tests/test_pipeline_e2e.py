@@ -184,6 +184,7 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     import tf_keras
 
     from components import dataset
+    from components.training_config import TrainingConfig
     from pipeline.reporting import mlmd as mlmd_query
 
     store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
@@ -192,8 +193,7 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     graph_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["Transform"])
                      if "transform_graph" in a.uri)
     examples_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["ImportExampleGen"]))
-    cfg = {"image_key": "image", "label_key": "label",
-           "label_names": (runs["data"] / "labels.txt").read_text().split()}
+    cfg = TrainingConfig(label_names=tuple((runs["data"] / "labels.txt").read_text().split()))
     tft_out = tft.TFTransformOutput(graph_uri)
     # One shard, so that the dataset's record order is the file's order.
     pattern = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))[0]

@@ -27,13 +27,8 @@ from pipeline import configs
 PARAM_DATA = "data_root"
 PARAM_SERVING = "serving_dir"
 MODULE_FILES = {"Transform": "transform.py", "Trainer": "trainer.py"}
-# PipelineConfig fields that `graft kubeflow compile` takes as flags (same names as `graft run`).
-MODEL_FLAGS = ("backbone", "weights", "model_name", "min_accuracy", "epochs", "fine_tune_epochs",
-               "fine_tune_layers", "image_size", "batch_size", "learning_rate",
-               "fine_tune_learning_rate", "image_key", "label_key", "train_pattern",
-               "eval_pattern")
-FLOAT_FLAGS = ("min_accuracy", "learning_rate", "fine_tune_learning_rate")
-INT_FLAGS = ("epochs", "fine_tune_epochs", "fine_tune_layers", "image_size", "batch_size")
+# `graft run` flags that make no sense on a cluster (it has --beam-args instead).
+LOCAL_ONLY_FLAGS = ("beam_mode",)
 
 
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,11 +63,7 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
                    help="Beam flags as one string, e.g. --beam-args='--runner=DataflowRunner "
                    "--project=P --region=R --temp_location=gs://B/tmp' (default: DirectRunner, "
                    "--direct_running_mode=multi_processing --direct_num_workers=0)")
-    p.add_argument("--num-spans", type=int, default=None, help=argparse.SUPPRESS)
-    for name in MODEL_FLAGS:
-        kind = float if name in FLOAT_FLAGS else int if name in INT_FLAGS else str
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help="as in `graft run`")
+    configs.add_config_arguments(p, exclude=LOCAL_ONLY_FLAGS)
 
 
 def label_names(args) -> tuple:
@@ -84,20 +75,12 @@ def label_names(args) -> tuple:
 
 
 def build_config(args) -> configs.PipelineConfig:
-    """The PipelineConfig of a compile: `graft run` defaults and overrides, cluster URIs."""
-    run_parser = argparse.ArgumentParser()
-    configs.add_run_arguments(run_parser)
-    run_args = run_parser.parse_args([])
-    for name in MODEL_FLAGS + ("num_spans",):
-        if getattr(args, name, None) is not None:
-            setattr(run_args, name, getattr(args, name))
-    cfg = configs.from_args(run_args, ".", label_names(args))
+    """The PipelineConfig of a compile: the same flags as `graft run`, cluster URIs."""
     root = args.pipeline_root.rstrip("/")
-    cfg.output_dir = root          # URIs, not local paths (from_args made them absolute)
-    cfg.data_dir = args.data or root + "/data"
-    cfg.serving_dir = args.serving_dir or root + "/serving"
-    cfg.code_version = ""          # KFP's cache key holds the image: a new image, a new key
-    return cfg
+    # code_version stays empty: KFP's cache key holds the image, so a new image is a new key.
+    return configs.from_args(args, data_dir=args.data or root + "/data",
+                             label_names=label_names(args), output_dir=root,
+                             serving_dir=args.serving_dir or root + "/serving")
 
 
 def resource_spec(cpu: float, memory_gb: float, gpus: int = 0, gpu_type: str = ""):
@@ -117,11 +100,11 @@ def build_pipeline(cfg: configs.PipelineConfig, args, beam_args: list):
 
     from pipeline.pipeline import create_pipeline
 
-    kfp_cfg = dataclasses.replace(cfg)
-    kfp_cfg.data_dir = data_types.RuntimeParameter(name=PARAM_DATA, ptype=str,
-                                                   default=cfg.data_dir)
-    kfp_cfg.serving_dir = data_types.RuntimeParameter(name=PARAM_SERVING, ptype=str,
-                                                      default=cfg.serving_dir)
+    kfp_cfg = dataclasses.replace(
+        cfg,
+        data_dir=data_types.RuntimeParameter(name=PARAM_DATA, ptype=str, default=cfg.data_dir),
+        serving_dir=data_types.RuntimeParameter(name=PARAM_SERVING, ptype=str,
+                                                default=cfg.serving_dir))
     trainer_resources = resource_spec(args.trainer_cpu, args.trainer_memory, args.gpus,
                                       args.gpu_type)
     pipeline = create_pipeline(kfp_cfg, beam_pipeline_args=beam_args,

@@ -232,10 +232,10 @@ def collect(config, seconds: float, failed: BaseException | None = None,
     """Every fact of the report, JSON-able. Never raises: problems become notes."""
     facts = {"title": "graft run report", "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
              "seconds": seconds, "output_dir": config.output_dir, "data_dir": config.data_dir,
-             "backbone": config.backbone, "model_name": config.model_name,
-             "min_accuracy": config.min_accuracy, "label_names": list(config.label_names),
+             "backbone": config.training.backbone, "model_name": config.model_name,
+             "min_accuracy": config.min_accuracy, "label_names": list(config.training.label_names),
              "failed": run_summary.root_message(failed) if failed is not None else None,
-             "components": [], "data": {"label_names": list(config.label_names), "splits": {}},
+             "components": [], "data": {"label_names": list(config.training.label_names), "splits": {}},
              "training": {}, "evaluation": {}, "blessing": {}, "push": {}, "notes": []}
 
     def section(name, fn):
@@ -258,7 +258,7 @@ def collect(config, seconds: float, failed: BaseException | None = None,
         return facts
     executions = section("components", lambda: mlmd_query.node_executions(store)) or {}
     facts["components"] = section("components", lambda: components(store, executions)) or []
-    facts["data"] = section("data", lambda: data_facts(store, executions, config.label_names)) \
+    facts["data"] = section("data", lambda: data_facts(store, executions, config.training.label_names)) \
         or facts["data"]
     facts["data_gate"] = next((c["state"] for c in facts["components"]
                                if c["node"] == "DataGate"), None)
@@ -266,10 +266,10 @@ def collect(config, seconds: float, failed: BaseException | None = None,
     summary = section("blessing and push", lambda: run_summary.collect(config, since)) or {}
     if summary.get("evaluation_uri"):
         facts["evaluation"] = section("evaluation", lambda: evaluation_facts(
-            summary["evaluation_uri"], config.num_classes)) or {}
+            summary["evaluation_uri"], config.training.num_classes)) or {}
         if facts["evaluation"].get("confusion"):
             png = section("confusion matrix", lambda: confusion_png(
-                facts["evaluation"]["confusion"], list(config.label_names)))
+                facts["evaluation"]["confusion"], list(config.training.label_names)))
             if png:
                 facts["evaluation"]["confusion_png"] = _b64(png)
     facts["blessing"] = blessing_facts(summary.get("blessed"), config, facts["evaluation"])

@@ -85,15 +85,19 @@ def main(args) -> int:
     start = time.time()
     try:
         data_dir, demo = prepare_data(args.data, os.path.abspath(args.output))
-        config = configs.from_args(args, data_dir, configs.read_label_names(data_dir), demo)
+        config = configs.from_args(
+            args, data_dir=os.path.abspath(data_dir), label_names=configs.read_label_names(data_dir),
+            output_dir=os.path.abspath(args.output),
+            serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
+            demo=demo, code_version=code_version())
     except (OSError, ValueError) as e:
         from pipeline.reporting import summary as run_summary
         print("error: %s" % run_summary.error_line(e, os.path.abspath(args.output)),
               file=sys.stderr)
         return 2
-    config.code_version = code_version()
     print("graft run: %d classes from %s, backbone %s, output %s"
-          % (config.num_classes, config.data_dir, config.backbone, config.output_dir),
+          % (config.training.num_classes, config.data_dir, config.training.backbone,
+             config.output_dir),
           flush=True)
     failed = None
     try:
