@@ -3,7 +3,7 @@
 Builds the base with the offline ImageNet weights, runs warm-up batches, then times
 batches of random preprocessed images; prints the result and writes
 bench/results/lite0_forward.json (images/s plus machine: nproc, CPU model, TF version).
-Usage: python bench/lite0_forward.py [--batches N] [--warmup N] [--batch-size N]
+Usage: .venv/bin/python -m bench.lite0_forward [--batches N] [--warmup N] [--batch-size N]
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import platform
 import statistics
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cpu_model() -> str:

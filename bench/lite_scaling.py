@@ -8,7 +8,7 @@ SavedModel's size and parameter count, and serving throughput: images/s through 
 model's serving_default signature (raw JPEG bytes in, decode + resize + preprocess + forward)
 at batch 32 and batch 1. Results accumulate in bench/results/lite_scaling.json.
 
-    .venv/bin/python bench/lite_scaling.py [--work /tmp/graft-bench-lite] [--backbones ...]
+    .venv/bin/python -m bench.lite_scaling [--work /tmp/graft-bench-lite] [--backbones ...]
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RESULT = "lite_scaling.json"

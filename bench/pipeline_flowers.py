@@ -6,7 +6,7 @@ peak RSS of the process tree (Beam workers included), Transform output bytes vs 
 TFRecords, and the ratio pipeline wall time / plain Keras wall time.
 Writes bench/results/pipeline_flowers.json and prints a markdown table.
 
-    .venv/bin/python bench/pipeline_flowers.py [--work /tmp/graft-bench] [--beam-mode ...]
+    .venv/bin/python -m bench.pipeline_flowers [--work /tmp/graft-bench] [--beam-mode ...]
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 
 def main() -> int:
@@ -60,7 +59,7 @@ def main() -> int:
         "statistics_bytes": stats_bytes,
     }
     if not args.skip_plain:
-        plain = common.run_measured([py, str(Path(__file__).parent / "plain_keras.py"),
+        plain = common.run_measured([py, "-m", "bench.plain_keras",
                                      "--data", str(data), "--json", str(work / "plain.json")],
                                     work / "plain.log")
         plain_result = json.loads((work / "plain.json").read_text())

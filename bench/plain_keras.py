@@ -2,7 +2,7 @@
 the baseline for the pipeline/plain wall-time ratio. Same TFRecords, same decode/resize/
 preprocess ops, same model, phases, early stopping and augmentation as the Trainer.
 
-    .venv/bin/python bench/plain_keras.py --data TFRECORDS_DIR --json OUT.json
+    .venv/bin/python -m bench.plain_keras --data TFRECORDS_DIR --json OUT.json
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import time
 import tensorflow as tf
 import tf_keras
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from components import dataset, image_ops, model as model_lib  # noqa: E402
-from components.backbones import registry  # noqa: E402
-from pipeline import configs  # noqa: E402
+from components import dataset, image_ops, model as model_lib
+from components.backbones import registry
+from pipeline import configs
 
 
 def make_ds(files, backbone, size, batch, training, cfg):

@@ -14,7 +14,7 @@ fixed thresholds, and phase 1 vs phase 1 + 2. Results accumulate in
 bench/results/transfer_vs_scratch.json (finished points are kept when the script is rerun;
 --fresh starts over); bench/results/transfer_vs_scratch.png plots accuracy vs data fraction.
 
-    .venv/bin/python bench/transfer_vs_scratch.py [--work /tmp/graft-bench-tvs] [--only scratch]
+    .venv/bin/python -m bench.transfer_vs_scratch [--work /tmp/graft-bench-tvs] [--only scratch]
 """
 from __future__ import annotations
 
@@ -25,10 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-try:
-    from bench import common  # imported by the tests as bench.transfer_vs_scratch
-except ImportError:
-    import common  # run as a script: bench/ is sys.path[0]
+from bench import common
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)

@@ -1,6 +1,6 @@
 """Serving benchmark: `graft serve` under 1, 4 and 8 concurrent gRPC clients on loopback.
 
-    python bench/serving.py [--model-base-path SERVING_DIR/NAME] [--seconds 60]
+    .venv/bin/python -m bench.serving_load [--model-base-path SERVING_DIR/NAME] [--seconds 60]
 
 Starts `graft serve` in a subprocess, sends single-image Predict requests (real JPEGs from
 ../shared/data/flowers-dev, rotated; request protos built up front) from client threads for
@@ -26,9 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-FLOWERS = REPO.parent / "shared" / "data" / "flowers-dev"
+from bench import common
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -49,7 +47,7 @@ def _free_port() -> int:
 
 
 def load_images(count: int) -> list[tuple[str, bytes]]:
-    paths = sorted(FLOWERS.glob("*/*.jpg"))
+    paths = sorted(common.FLOWERS.glob("*/*.jpg"))
     step = max(1, len(paths) // count)
     return [(str(p), p.read_bytes()) for p in paths[::step][:count]]
 
@@ -62,7 +60,7 @@ def start_server(base: str, name: str, port: int, log_path: str):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
                              base, "--model-name", name, "--port", str(port),
                              "--poll-seconds", "30"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     apis = protos.load_apis()
     stub = apis.model_service_pb2_grpc.ModelServiceStub(
         grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -163,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="per concurrency level")
     parser.add_argument("--clients", default="1,4,8", help="comma-separated (default 1,4,8)")
     parser.add_argument("--images", type=int, default=32, help="distinct JPEGs to rotate")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving.json"))
+    parser.add_argument("--out", default=str(common.RESULTS / "serving.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    if not FLOWERS.is_dir():
-        print(f"skipped: {FLOWERS} is absent (needs ../shared/data/flowers-dev)")
+    if not common.FLOWERS.is_dir():
+        print(f"skipped: {common.FLOWERS} is absent (needs ../shared/data/flowers-dev)")
         return 0
     workdir = tempfile.mkdtemp(prefix="graft-bench-serving-")
     toy = args.model_base_path is None
@@ -207,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
              if one and one["p50_ms"] and ip["p50_ms"] else None)
     result = {
         "model": name, "version": version, "model_base_path": base, "toy_model": toy,
-        "images": len(images), "image_source": str(FLOWERS), "seconds_per_level": args.seconds,
+        "images": len(images), "image_source": str(common.FLOWERS),
+        "seconds_per_level": args.seconds,
         "cpu_count": os.cpu_count(), "runs": runs, "in_process": ip,
         "p50_ratio_1_client": ratio,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
