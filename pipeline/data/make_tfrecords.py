@@ -284,8 +284,8 @@ def convert(images_dir, out_dir, eval_fraction: float = 0.2, span: int = 1, shar
         log(f"skipped class {c!r}: folder {images_dir / c} {what}")
     label_names = sorted(present)
     if len(label_names) < 2:
-        raise ConversionError(f"need at least 2 classes with valid images, found "
-                              f"{len(label_names)}{': ' + ', '.join(label_names) if label_names else ''}")
+        found = f"{len(label_names)}{': ' + ', '.join(label_names) if label_names else ''}"
+        raise ConversionError(f"need at least 2 classes with valid images, found {found}")
     if labels_path.exists():
         previous = _read_labels(labels_path)
         if previous != label_names:
