@@ -1,0 +1,519 @@
+"""Which fine-tuning recipe should be the Trainer's default? Accuracy vs CPU minutes.
+
+For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-MRI JPEGs in
+4 class folders, then ../shared/data/flowers-dev: 1,000 photos in 5 class folders):
+
+1. a stratified 80/20 train/eval split with that seed (sklearn train_test_split);
+2. every image decoded and resized once to 224x224 exactly like the pipeline
+   (components.image_ops.decode_resize), kept in memory as uint8;
+3. pooled frozen EfficientNet-Lite0 features (GAP of the base, training=False) of every image
+   and of its horizontal flip, computed once per dataset (the features do not depend on the
+   split; train / train-flipped / eval / eval-flipped are index subsets);
+4. baselines on the features: `logreg` (StandardScaler + LogisticRegression(max_iter=3000)),
+   `logreg_flip` (same on train + train-flipped), `head` (the Trainer's head
+   Dense128-relu-Dropout0.5-Dense on train features; Adam 1e-3, batch 32, <= 30 epochs,
+   early stopping on val_loss patience 3, best weights restored) and `head_flip` (same on
+   train + train-flipped features);
+5. phase-2 recipes on the images, each from the `head_flip` head on a fresh ImageNet base,
+   training images augmented by components.dataset.augment (flip, 85-100 % crop, brightness),
+   batch 32, BatchNorm layers frozen and the base called with training=False:
+     - `seed`: top 20 base layers trainable (components.model.unfreeze_top), Adam 1e-5,
+       sparse CE, <= 5 epochs, early stopping val_loss patience 3 restore best (today's
+       phase 2); `accuracy_trainer_rule` applies the Trainer's rule (phase 2 kept only if
+       its best val_loss beats phase 1's);
+     - `full`: every base layer trainable, AdamW(weight_decay=1e-4) lr 1e-4, 1-epoch linear
+       warm-up then cosine decay to 0, categorical CE with label smoothing 0.1, 6 epochs,
+       no early stopping;
+     - `half`: like `full` with the top 50 % of base.layers trainable.
+   Each records the final eval accuracy, flip-TTA accuracy (mean of the probabilities of the
+   image and its horizontal flip), the per-epoch val accuracy curve, seconds, s/epoch.
+Results (plus machine and command) are rewritten to bench/results/finetune_recipes.json
+after every finished (dataset, seed, recipe); the end prints a summary table (mean and
+min-max over seeds) and the paired full-vs-seed and full-vs-logreg differences per seed.
+
+Validation = the eval split, as in the pipeline (early stopping watches it too).
+
+Run from the repository root (~60-90 min on 2 CPU cores):
+
+    cd /work/main && .venv/bin/python -m bench.finetune_recipes
+    .venv/bin/python -m bench.finetune_recipes --quick          # smoke run, ~4 min, /tmp
+    .venv/bin/python -m bench.finetune_recipes --report-only    # table from the JSON
+    .venv/bin/python -m bench.finetune_recipes --resume         # skip finished results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+import components  # noqa: F401  (sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads)
+from bench import common
+
+_REPO = str(common.REPO)
+
+DATASETS = (("mri-dev", os.path.join(os.path.dirname(_REPO), "shared", "data", "mri-dev")),
+            ("flowers-dev", os.path.join(os.path.dirname(_REPO), "shared", "data",
+                                         "flowers-dev")))
+SEEDS = (1, 2, 3)
+BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
+PHASE2 = ("seed", "full", "half")
+RECIPES = BASELINES + PHASE2
+BACKBONE = "efficientnet_lite0"
+SIZE = 224
+BATCH = 32
+RESULTS = os.path.join(str(common.RESULTS), "finetune_recipes.json")
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+# ----------------------------------------------------------------------------- data
+def list_images(root: str, limit_per_class: int = 0):
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        files = sorted(f for f in os.listdir(os.path.join(root, c))
+                       if f.lower().endswith(IMAGE_EXT))
+        if limit_per_class:
+            files = files[:limit_per_class]
+        paths += [os.path.join(root, c, f) for f in files]
+        labels += [i] * len(files)
+    return paths, labels, classes
+
+
+def load_images(paths, chunk: int = 64):
+    """uint8 [N, 224, 224, 3] via the pipeline's decode_resize (bilinear, antialias)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from components import image_ops
+
+    out = np.empty((len(paths), SIZE, SIZE, 3), np.uint8)
+    for s in range(0, len(paths), chunk):
+        raw = tf.constant([open(p, "rb").read() for p in paths[s:s + chunk]])
+        img = image_ops.decode_resize(raw, SIZE).numpy()
+        out[s:s + chunk] = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return out
+
+
+def preprocessed(backbone, images_u8):
+    import tensorflow as tf
+    return backbone.preprocess(tf.cast(images_u8, tf.float32))
+
+
+def pooled_features(backbone, images, flip: bool):
+    """GAP of the frozen base (training=False), batch 32; numpy [N, 1280]."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    base = backbone.build_base(weights="imagenet", image_size=SIZE)
+    pooled = tf_keras.layers.GlobalAveragePooling2D()
+
+    @tf.function(reduce_retracing=True)
+    def forward(x):
+        x = preprocessed(backbone, x)
+        if flip:
+            x = tf.image.flip_left_right(x)
+        return pooled(base(x, training=False))
+
+    feats = [forward(images[s:s + BATCH]).numpy() for s in range(0, len(images), BATCH)]
+    return np.concatenate(feats).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- models
+def add_head(x, n_classes):
+    import tf_keras
+    x = tf_keras.layers.Dense(128, activation="relu", name="head_dense")(x)
+    x = tf_keras.layers.Dropout(0.5, name="head_dropout")(x)
+    return tf_keras.layers.Dense(n_classes, activation="softmax", dtype="float32",
+                                 name="probabilities")(x)
+
+
+HEAD_LAYERS = ("head_dense", "probabilities")
+
+
+def head_weights(head) -> dict:
+    """The head's weights as numpy (they survive tf_keras.backend.clear_session)."""
+    return {k: [w.copy() for w in head.get_layer(k).get_weights()] for k in HEAD_LAYERS}
+
+
+def copy_head(weights: dict, dst):
+    for name in HEAD_LAYERS:
+        dst.get_layer(name).set_weights(weights[name])
+
+
+def train_logreg(xtr, ytr, xev, xev_flip, yev):
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.time()
+    scaler = StandardScaler().fit(xtr)
+    clf = LogisticRegression(max_iter=3000).fit(scaler.transform(xtr), ytr)
+    p = clf.predict_proba(scaler.transform(xev))
+    pf = clf.predict_proba(scaler.transform(xev_flip))
+    return {"accuracy": float(np.mean(p.argmax(1) == yev)),
+            "tta_accuracy": float(np.mean((p + pf).argmax(1) == yev)),
+            "iterations": int(np.max(clf.n_iter_)), "seconds": round(time.time() - t0, 2)}
+
+
+def train_head(xtr, ytr, xev, xev_flip, yev, n_classes, seed, max_epochs):
+    import numpy as np
+    import tf_keras
+
+    from components import model as model_lib
+
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(seed)
+    inputs = tf_keras.Input((xtr.shape[1],), name="features")
+    head = tf_keras.Model(inputs, add_head(inputs, n_classes), name="head")
+    model_lib.compile_for(head, 1e-3)
+    t0 = time.time()
+    hist = head.fit(xtr, ytr, batch_size=BATCH, epochs=max_epochs, validation_data=(xev, yev),
+                    callbacks=[model_lib.early_stopping(3)], verbose=0, shuffle=True)
+    seconds = time.time() - t0
+    h = hist.history
+    best = int(np.argmin(h["val_loss"]))
+    p = head.predict(xev, batch_size=256, verbose=0)
+    pf = head.predict(xev_flip, batch_size=256, verbose=0)
+    return head, {
+        "accuracy": float(np.mean(p.argmax(1) == yev)),
+        "tta_accuracy": float(np.mean((p + pf).argmax(1) == yev)),
+        "val_loss": float(h["val_loss"][best]), "best_epoch": best + 1,
+        "epochs_run": len(h["val_loss"]),
+        "val_accuracy_curve": [round(float(v), 4) for v in h["val_accuracy"]],
+        "seconds": round(seconds, 2)}
+
+
+def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epochs,
+           phase1_val_loss, phase1_accuracy):
+    """One phase-2 recipe from the phase-1 head on a fresh ImageNet base."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from components import dataset, model as model_lib
+
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(seed)
+    base = backbone.build_base(weights="imagenet", image_size=SIZE)
+    base.trainable = False
+    inputs = tf_keras.Input((SIZE, SIZE, 3), name="image_xf")
+    x = base(inputs, training=False)
+    x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = tf_keras.Model(inputs, add_head(x, n_classes), name="graft_classifier")
+    copy_head(head, model)  # head: head_weights() of the phase-1 head
+
+    n_layers = {"seed": 20, "full": len(base.layers), "half": len(base.layers) // 2}[recipe]
+    with_weights = model_lib.unfreeze_top(base, n_layers)  # BatchNorm stays frozen
+    steps = int(np.ceil(len(x_tr) / BATCH))
+    smooth = recipe != "seed"
+    if recipe == "seed":
+        model_lib.compile_for(model, 1e-5)
+    else:
+        warmup = steps  # one epoch of linear warm-up, then cosine to 0 at the last step
+        schedule = tf_keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=max(1, steps * epochs - warmup), alpha=0.0,
+            warmup_target=1e-4, warmup_steps=warmup)
+        model.compile(optimizer=tf_keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                      loss=tf_keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                      metrics=["accuracy"])
+    trainable_base = sum(int(np.prod(w.shape)) for w in base.trainable_weights)
+
+    def labels(y):
+        return tf.one_hot(y, n_classes) if smooth else tf.constant(y, tf.int64)
+
+    def prep(x, y):
+        return preprocessed(backbone, x), y
+
+    train_ds = (tf.data.Dataset.from_tensor_slices((x_tr, labels(y_tr)))
+                .shuffle(len(x_tr), seed=seed, reshuffle_each_iteration=True)
+                .batch(BATCH).map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+                .map(lambda x, y: (dataset.augment(x, backbone.value_range, seed), y),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
+    eval_ds = (tf.data.Dataset.from_tensor_slices((x_ev, labels(y_ev))).batch(BATCH)
+               .map(prep).cache().prefetch(tf.data.AUTOTUNE))
+    eval_flip = (tf.data.Dataset.from_tensor_slices(x_ev).batch(BATCH)
+                 .map(lambda x: tf.image.flip_left_right(preprocessed(backbone, x)))
+                 .prefetch(tf.data.AUTOTUNE))
+
+    t0 = time.time()
+    start_acc = float(model.evaluate(eval_ds, verbose=0, return_dict=True)["accuracy"])
+    start_seconds = time.time() - t0
+    clock = model_lib.EpochClock()
+    callbacks = [clock] + ([model_lib.early_stopping(3)] if recipe == "seed" else [])
+    t0 = time.time()
+    hist = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks,
+                     verbose=2)
+    fit_seconds = time.time() - t0
+    t0 = time.time()
+    p = model.predict(eval_ds, verbose=0)
+    pf = model.predict(eval_flip, verbose=0)
+    predict_seconds = time.time() - t0
+    h = hist.history
+    epochs_run = len(h["val_loss"])
+    acc = float(np.mean(p.argmax(1) == y_ev))
+    out = {
+        "accuracy": acc,
+        "tta_accuracy": float(np.mean((p + pf).argmax(1) == y_ev)),
+        "start_accuracy": start_acc,  # == head_flip accuracy unless something is wrong
+        "val_accuracy_curve": [round(float(v), 4) for v in h["val_accuracy"]],
+        "val_loss_curve": [round(float(v), 4) for v in h["val_loss"]],
+        "train_accuracy_curve": [round(float(v), 4) for v in h["accuracy"]],
+        "epochs_run": epochs_run, "max_epochs": epochs,
+        "epoch_end_seconds": clock.seconds,
+        "fit_seconds": round(fit_seconds, 2),
+        "seconds_per_epoch": round(fit_seconds / max(1, epochs_run), 2),
+        "predict_tta_seconds": round(predict_seconds, 2),
+        "start_eval_seconds": round(start_seconds, 2),
+        "seconds": round(fit_seconds + predict_seconds, 2),
+        "unfrozen_layers": n_layers, "base_layers": len(base.layers),
+        "trainable_layers_with_weights": with_weights,
+        "trainable_base_params": trainable_base,
+        "steps_per_epoch": steps,
+    }
+    if recipe == "seed":
+        best = int(np.argmin(h["val_loss"]))
+        kept = h["val_loss"][best] < phase1_val_loss
+        out.update({"best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
+                    "phase1_val_loss": phase1_val_loss, "kept_by_trainer_rule": bool(kept),
+                    "accuracy_trainer_rule": acc if kept else phase1_accuracy})
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+def machine() -> dict:
+    return common.machine()
+
+
+def save(doc, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _stats(vals):
+    import statistics
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    return vals, statistics.mean(vals), min(vals), max(vals)
+
+
+def _steady(r):
+    """Seconds per epoch after the first (tracing) epoch, from the epoch-end clock."""
+    t = r.get("epoch_end_seconds") or []
+    return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
+
+
+def report(doc) -> str:
+    rows = doc.get("results", [])
+    lines = []
+    seeds = sorted({r["seed"] for r in rows})
+    for ds in [d for d, _ in DATASETS if any(r["dataset"] == d for r in rows)]:
+        feats = doc.get("features", {}).get(ds, {})
+        lines.append("")
+        lines.append("== %s (%s eval images per seed; seeds %s; frozen features of %s images "
+                     "+ flips: %.0f s) ==" % (
+                         ds, next((r["n_eval"] for r in rows if r["dataset"] == ds), "?"),
+                         seeds, feats.get("images", "?"), feats.get("seconds", float("nan"))))
+        lines.append("%-12s %4s  %-22s %-22s %-18s %-11s %s" % (
+            "recipe", "n", "accuracy mean [min-max]", "TTA acc mean [min-max]",
+            "seconds mean [min-max]", "s/ep all/2+", "epochs"))
+        for rec in RECIPES:
+            rs = [r for r in rows if r["dataset"] == ds and r["recipe"] == rec]
+            if not rs:
+                continue
+
+            def fmt(key, scale=100.0, digits=1):
+                st = _stats([r.get(key) for r in rs])
+                if st == "-":
+                    return "-"
+                _, m, lo, hi = st
+                return "%.*f [%.*f-%.*f]" % (digits, m * scale, digits, lo * scale,
+                                             digits, hi * scale)
+
+            spe = _stats([r.get("seconds_per_epoch") for r in rs])
+            steady = _stats([_steady(r) for r in rs])
+            spe = "-" if spe == "-" else "%.1f/%s" % (
+                spe[1], "-" if steady == "-" else "%.1f" % steady[1])
+            ep = ",".join(str(r.get("epochs_run", "")) for r in rs)
+            lines.append("%-12s %4d  %-22s %-22s %-18s %-11s %s" % (
+                rec, len(rs), fmt("accuracy"), fmt("tta_accuracy"),
+                fmt("seconds", 1.0, 0), spe, ep))
+            if rec == "seed":
+                lines.append("%-12s %4s  %-22s (phase 2 kept in %d/%d runs)" % (
+                    "seed+rule", "", fmt("accuracy_trainer_rule"),
+                    sum(bool(r.get("kept_by_trainer_rule")) for r in rs), len(rs)))
+        for rec in PHASE2:
+            curves = [r["val_accuracy_curve"] for r in rows
+                      if r["dataset"] == ds and r["recipe"] == rec]
+            if curves:
+                n = max(len(c) for c in curves)
+                mean = []
+                for i in range(n):
+                    v = [c[i] for c in curves if len(c) > i]
+                    mean.append("%.1f" % (100 * sum(v) / len(v)))
+                lines.append("  %s per-epoch val accuracy (mean over seeds): %s"
+                             % (rec, " ".join(mean)))
+        lines.append("  paired differences (points, per seed):")
+        for a, b, key in (("full", "seed", "accuracy"), ("full", "logreg", "accuracy"),
+                          ("full", "head_flip", "accuracy"), ("half", "seed", "accuracy"),
+                          ("full", "seed", "tta_accuracy"), ("full", "logreg", "tta_accuracy"),
+                          ("full", "half", "accuracy")):
+            diffs = []
+            for s in seeds:
+                ra = [r for r in rows if (r["dataset"], r["seed"], r["recipe"]) == (ds, s, a)]
+                rb = [r for r in rows if (r["dataset"], r["seed"], r["recipe"]) == (ds, s, b)]
+                if ra and rb:
+                    diffs.append((s, 100 * (ra[0][key] - rb[0][key])))
+            if diffs:
+                m = sum(d for _, d in diffs) / len(diffs)
+                lines.append("    %-5s - %-9s %-13s %s   mean %+.1f" % (
+                    a, b, "(%s)" % ("TTA" if key == "tta_accuracy" else "acc"),
+                    "  ".join("seed %d: %+.1f" % sd for sd in diffs), m))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 8 images per class, 1-2 epochs, output in /tmp")
+    p.add_argument("--limit-per-class", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--datasets", nargs="+", default=[d for d, _ in DATASETS])
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    p.add_argument("--full-epochs", type=int, default=6, help="epochs of full and half")
+    p.add_argument("--seed-epochs", type=int, default=5)
+    p.add_argument("--head-epochs", type=int, default=30)
+    p.add_argument("--out", default=None)
+    p.add_argument("--resume", action="store_true", help="keep and skip finished results")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.limit_per_class = args.limit_per_class or 8
+        args.full_epochs, args.seed_epochs, args.head_epochs = 2, 2, 5
+    out = args.out or ("/tmp/finetune_recipes_quick.json" if args.quick else RESULTS)
+
+    if args.report_only:
+        with open(out) as f:
+            print(report(json.load(f)))
+        return 0
+
+    import numpy as np
+    import tensorflow as tf  # noqa: F401
+    from sklearn.model_selection import train_test_split
+
+    from components.backbones import registry
+
+    backbone = registry.get_backbone(BACKBONE)
+    python = os.path.relpath(sys.executable, _REPO) if sys.executable.startswith(_REPO) \
+        else sys.executable
+    command = "cd %s && %s -m bench.finetune_recipes %s" % (
+        _REPO, python, " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    doc = {"command": command.rstrip(),
+           "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "config": {"backbone": BACKBONE, "image_size": SIZE, "batch_size": BATCH,
+                      "seeds": args.seeds, "datasets": args.datasets,
+                      "limit_per_class": args.limit_per_class,
+                      "head_max_epochs": args.head_epochs, "seed_max_epochs": args.seed_epochs,
+                      "full_half_epochs": args.full_epochs, "split": "stratified 80/20",
+                      "validation": "the eval split (as the pipeline)",
+                      "notes": "features (and their flips) computed once per dataset for all "
+                               "images; splits are index subsets"},
+           "features": {}, "results": []}
+    if args.resume and os.path.exists(out):
+        with open(out) as f:
+            old = json.load(f)
+        doc["results"] = old.get("results", [])
+        doc["features"] = old.get("features", {})
+    done = {(r["dataset"], r["seed"], r["recipe"]) for r in doc["results"]}
+    paths = dict(DATASETS)
+    cache = {}  # dataset -> (images, labels, classes, feats, feats_flip)
+
+    def data(ds):
+        if ds not in cache:
+            t0 = time.time()
+            files, labels, classes = list_images(paths[ds], args.limit_per_class)
+            images = load_images(files)
+            decode_s = time.time() - t0
+            t0 = time.time()
+            feats = pooled_features(backbone, images, flip=False)
+            feats_flip = pooled_features(backbone, images, flip=True)
+            feat_s = time.time() - t0
+            doc["features"][ds] = {"images": len(files), "classes": classes,
+                                   "decode_seconds": round(decode_s, 2),
+                                   "seconds": round(feat_s, 2),
+                                   "note": "all images + their flips, once per dataset"}
+            print("[%s] %s: %d images decoded in %.1f s, features (+flips) in %.1f s"
+                  % (time.strftime("%H:%M:%S"), ds, len(files), decode_s, feat_s), flush=True)
+            cache[ds] = (images, np.array(labels), classes, feats, feats_flip)
+        return cache[ds]
+
+    for seed in args.seeds:
+        for ds in args.datasets:
+            todo = [r for r in args.recipes if (ds, seed, r) not in done]
+            if not todo:
+                continue
+            images, labels, classes, feats, feats_flip = data(ds)
+            n = len(classes)
+            idx_tr, idx_ev = train_test_split(np.arange(len(labels)), test_size=0.2,
+                                              random_state=seed, stratify=labels)
+            ytr, yev = labels[idx_tr], labels[idx_ev]
+            ftr, ftrf, fev, fevf = feats[idx_tr], feats_flip[idx_tr], feats[idx_ev], \
+                feats_flip[idx_ev]
+            head_flip = None
+            head_flip_res = None
+
+            def record(recipe, res):
+                res = {"dataset": ds, "seed": seed, "recipe": recipe,
+                       "n_train": int(len(idx_tr)), "n_eval": int(len(idx_ev)), **res,
+                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                doc["results"] = [r for r in doc["results"]
+                                  if (r["dataset"], r["seed"], r["recipe"]) != (ds, seed, recipe)]
+                doc["results"].append(res)
+                doc["updated"] = res["finished"]
+                save(doc, out)
+                print("[%s] seed %d %-11s %-11s acc %.3f  tta %.3f  %7.1f s%s" % (
+                    time.strftime("%H:%M:%S"), seed, ds, recipe, res["accuracy"],
+                    res["tta_accuracy"], res["seconds"],
+                    "  (%.1f s/epoch, %d epochs)" % (res["seconds_per_epoch"], res["epochs_run"])
+                    if "seconds_per_epoch" in res else ""), flush=True)
+
+            for recipe in todo:
+                if recipe == "logreg":
+                    record(recipe, train_logreg(ftr, ytr, fev, fevf, yev))
+                elif recipe == "logreg_flip":
+                    record(recipe, train_logreg(np.concatenate([ftr, ftrf]),
+                                                np.concatenate([ytr, ytr]), fev, fevf, yev))
+                elif recipe == "head":
+                    record(recipe, train_head(ftr, ytr, fev, fevf, yev, n, seed,
+                                              args.head_epochs)[1])
+                elif recipe == "head_flip" or head_flip is None:
+                    # phase-2 recipes start from this head (retrained, same seed, if skipped)
+                    model, head_flip_res = train_head(
+                        np.concatenate([ftr, ftrf]), np.concatenate([ytr, ytr]), fev, fevf,
+                        yev, n, seed, args.head_epochs)
+                    head_flip = head_weights(model)
+                    if recipe == "head_flip":
+                        record(recipe, head_flip_res)
+                if recipe in PHASE2:
+                    epochs = args.seed_epochs if recipe == "seed" else args.full_epochs
+                    res = phase2(recipe, backbone, head_flip, images[idx_tr],
+                                 ytr, images[idx_ev], yev, n, seed, epochs,
+                                 head_flip_res["val_loss"], head_flip_res["accuracy"])
+                    record(recipe, res)
+    doc["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save(doc, out)
+    print(report(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
