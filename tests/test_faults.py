@@ -123,14 +123,14 @@ def test_corrupt_images_do_not_hurt_the_model(killed, data):
     import tensorflow as tf
 
     from pipeline.reporting import mlmd as mlmd_query
-    from pipeline.reporting import summary as run_summary
+    from pipeline.reporting.facts import eval_metrics
     from test_pipeline_e2e import held_back_images
 
     store = mlmd_query.open_store(str(killed["out"] / "metadata.sqlite"))
     evaluator = mlmd_query.node_executions(store)["Evaluator"]
     uri = next(a.uri for a in mlmd_query.output_artifacts(store, evaluator)
                if "/evaluation/" in a.uri + "/")
-    metrics = run_summary.eval_metrics(uri)
+    metrics = eval_metrics(uri)
     records = sum(1 for f in (data / "span-1" / "eval").iterdir()
                   for _ in tf.data.TFRecordDataset(str(f)))
     corrupt = sum(1 for r in fault_data.corrupt_records() if r[0] == "eval")

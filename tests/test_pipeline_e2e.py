@@ -147,14 +147,14 @@ def test_floor_above_one_blocks_the_push(runs):
 
 def test_evaluator_reports_accuracy_recall_and_confusion_matrix(runs):
     from pipeline.reporting import mlmd as mlmd_query
-    from pipeline.reporting import summary as run_summary
+    from pipeline.reporting.facts import eval_metrics
 
     store = mlmd_query.open_store(str(runs["out"] / "metadata.sqlite"))
     first_run = mlmd_query.run_ids(store)[0]
     evaluator = mlmd_query.node_executions(store, first_run)["Evaluator"]
     uri = next(a.uri for a in mlmd_query.output_artifacts(store, evaluator)
                if "/evaluation/" in a.uri + "/")
-    metrics = run_summary.eval_metrics(uri)
+    metrics = eval_metrics(uri)
     assert 0.4 <= metrics["sparse_categorical_accuracy"] <= 1.0
     recalls = [k for k in metrics if k.startswith("recall") and "classId" in k]
     assert len(recalls) == CLASSES, sorted(metrics)

@@ -1,7 +1,7 @@
-"""The run report without a pipeline: the HTML writer on synthetic facts, TFMA parsing
-helpers, a report of a run that failed before ML Metadata existed, and (when chromium is
-installed) a headless render. The report of real runs is checked at the end of
-tests/test_pipeline_e2e.py (it reuses that module's runs)."""
+"""The run report and summary without a pipeline: the HTML writer on synthetic facts, the
+summary text of the same facts, TFMA parsing helpers, a report of a run that failed before ML
+Metadata existed, and (when chromium is installed) a headless render. The report of real runs
+is checked at the end of tests/test_pipeline_e2e.py (it reuses that module's runs)."""
 from __future__ import annotations
 
 import base64
@@ -12,19 +12,19 @@ import subprocess
 import pytest
 
 from pipeline import configs
+from pipeline.reporting import facts, report, summary
 from pipeline.reporting import html as report_html
-from pipeline.reporting import report
 
 NAMES = ["cat", "dog", "fish"]
 
 
 def _png() -> str:
-    return base64.b64encode(report.confusion_png([[5, 1, 0], [0, 6, 0], [1, 0, 4]], NAMES)
+    return base64.b64encode(facts.confusion_png([[5, 1, 0], [0, 6, 0], [1, 0, 4]], NAMES)
                             ).decode()
 
 
 def synthetic_facts(**overrides) -> dict:
-    facts = {
+    run = {
         "title": "graft run report", "generated": "2030-01-01 00:00:00", "seconds": 93.0,
         "output_dir": "/out", "data_dir": "/data", "backbone": "efficientnet_lite0",
         "model_name": "pets", "min_accuracy": 0.5, "label_names": NAMES, "failed": None,
@@ -53,8 +53,8 @@ def synthetic_facts(**overrides) -> dict:
                  "push_reason": "pushed as version 17"},
         "notes": [],
     }
-    facts.update(overrides)
-    return facts
+    run.update(overrides)
+    return run
 
 
 def test_html_has_counts_blessing_recall_images_and_no_external_assets():
@@ -96,8 +96,8 @@ def test_confusion_matrix_fills_tfma_omitted_zero_ids():
                     {"actualClassId": 2, "numWeightedExamples": 2.0},
                     {"actualClassId": 2, "predictedClassId": -1, "numWeightedExamples": 9.0}]
     }]}}}})]
-    assert report.confusion_matrix(plots, 3) == [[4, 0, 0], [0, 0, 1], [2, 0, 0]]
-    assert report.confusion_matrix([], 3) is None
+    assert facts.confusion_matrix(plots, 3) == [[4, 0, 0], [0, 0, 1], [2, 0, 0]]
+    assert facts.confusion_matrix([], 3) is None
 
 
 def test_validation_failure_in_words():
@@ -107,20 +107,53 @@ def test_validation_failure_in_words():
     failure.metric_key.name = "sparse_categorical_accuracy"
     failure.metric_value.double_value.value = 0.42
     failure.metric_threshold.value_threshold.lower_bound.value = 0.5
-    assert report.failure_text(failure) == "sparse_categorical_accuracy 0.4200 below the floor 0.5"
+    assert facts.failure_text(failure) == "sparse_categorical_accuracy 0.4200 below the floor 0.5"
     failure = validation_result_pb2.ValidationFailure()
     failure.metric_key.name = "sparse_categorical_accuracy"
     failure.metric_key.is_diff = True
     failure.metric_value.double_value.value = -0.05
     failure.metric_threshold.change_threshold.absolute.value = -1e-10
-    assert "-0.0500 against the last blessed model" in report.failure_text(failure)
+    assert "-0.0500 against the last blessed model" in facts.failure_text(failure)
 
 
 def test_report_of_a_run_that_never_reached_ml_metadata(tmp_path):
-    config = configs.PipelineConfig(output_dir=str(tmp_path), label_names=tuple(NAMES))
-    path = report.write(config, 1.0, RuntimeError("boom <x>"))
+    config = configs.PipelineConfig(output_dir=str(tmp_path),
+                                    training=configs.TrainingConfig(label_names=tuple(NAMES)))
+    run = facts.collect(config, 1.0, RuntimeError("boom <x>"))
+    path = report.write(run)
     html = open(path).read()
     assert "RuntimeError: boom &lt;x&gt;" in html and "no ML Metadata" in html
+    assert summary.format_summary(run) == ("\ngraft run summary (1 s)\n"
+                                           "  components: none started\n"
+                                           "  FAILED: RuntimeError: boom <x>")
+
+
+def test_summary_of_the_facts():
+    assert summary.format_summary(synthetic_facts()).splitlines() == [
+        "",
+        "graft run summary (93 s)",
+        "  components: ImportExampleGen cached, ImageCheck complete, Trainer complete",
+        "  bad images: 1 records dropped (image does not decode):",
+        "    train d-0.gz record 4 (cats/<broken>.jpg): jpeg::Uncompress failed",
+        "  phase 1: val_accuracy 0.8000 (best epoch 3 of 5, 40 s)",
+        "  blessed: yes (eval accuracy 0.8235: accuracy >= 0.500 and not worse than the last "
+        "blessed model, if any)",
+        "  push: pushed as version 17",
+        "  model: /srv/pets/17",
+        "  serve: graft serve --model-base-path /srv/pets --model-name pets",
+        "  query: graft predict --server 127.0.0.1:8500 --model pets IMAGE...",
+    ]
+    text = summary.format_summary(synthetic_facts(
+        failed="CorruptImages: too many", blessing={}, push={}, evaluation={}, training={},
+        data={}, components=[{"node": "ImportExampleGen", "state": "COMPLETE", "seconds": 1.0},
+                             {"node": "latest_blessed_model_resolver", "state": "COMPLETE",
+                              "seconds": 0.0},
+                             {"node": "ImageCheck", "state": "FAILED", "seconds": 1.0}]))
+    assert text.splitlines()[2:] == [
+        "  components: ImportExampleGen complete, ImageCheck failed",
+        "  FAILED: CorruptImages: too many",
+        "  (finished components stay cached: rerun the same command to resume)",
+    ]
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed")

@@ -1,3 +1,5 @@
-"""Reporting on a run after the fact: reading ML Metadata (mlmd.py), the facts of a run and
-the short text summary `graft run` prints (summary.py), the HTML report OUTPUT/report.html
-(report.py gathers, html.py renders) and the one-line `error: ...` of a failed run."""
+"""Reporting on a run after the fact, data flowing one way: mlmd.py reads ML Metadata,
+facts.py gathers the facts of the latest run from it and the artifacts (collect()), and those
+facts feed both the short text summary `graft run` prints (summary.py) and OUTPUT/report.html
+(report.py writes what html.py renders). errors.py turns a failure into the one-line
+`error: ...` that ends a failed run."""

@@ -1,6 +1,6 @@
 """HTML of the run report: render(facts) -> one self-contained page (inline CSS, PNGs as
 base64 data URIs, no scripts, no external assets). Pure: facts in, string out (see
-pipeline/reporting/report.py for the facts)."""
+pipeline/reporting/facts.py for the facts)."""
 from __future__ import annotations
 
 from html import escape

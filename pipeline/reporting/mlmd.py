@@ -1,5 +1,6 @@
 """Reading a finished run back out of ML Metadata: which nodes ran or were cached, and the
-artifacts they produced. Used by the run summary and the tests (no TFX internals)."""
+artifacts they produced. Used by the run facts, `graft retrain` and the tests (no TFX
+internals)."""
 from __future__ import annotations
 
 import ml_metadata as mlmd
@@ -46,8 +47,8 @@ def node_states(store, run_id: str | None = None) -> dict:
 
 def output_artifacts(store, execution) -> list:
     events = store.get_events_by_execution_ids([execution.id])
-    ids = [ev.artifact_id for ev in events
-           if ev.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    outputs = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    ids = [ev.artifact_id for ev in events if ev.type in outputs]
     return store.get_artifacts_by_id(ids) if ids else []
 
 

@@ -3,7 +3,7 @@
 The runner owns the paths (output dir, pipeline root, SQLite ML Metadata, serving dir),
 prepares the input data (embedded demo set, class folders, or image TFRecords), runs
 create_pipeline() and prints a summary read back from ML Metadata, then writes
-OUTPUT/report.html (pipeline/reporting/report.py), failed runs included. A failure ends with one line
+OUTPUT/report.html (pipeline/reporting/), failed runs included. A failure ends with one line
 `error: ...` on stderr (no traceback).
 """
 from __future__ import annotations
@@ -86,14 +86,14 @@ def main(args) -> int:
     try:
         data_dir, demo = prepare_data(args.data, os.path.abspath(args.output))
         config = configs.from_args(
-            args, data_dir=os.path.abspath(data_dir), label_names=configs.read_label_names(data_dir),
+            args, data_dir=os.path.abspath(data_dir),
+            label_names=configs.read_label_names(data_dir),
             output_dir=os.path.abspath(args.output),
             serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
             demo=demo, code_version=code_version())
     except (OSError, ValueError) as e:
-        from pipeline.reporting import summary as run_summary
-        print("error: %s" % run_summary.error_line(e, os.path.abspath(args.output)),
-              file=sys.stderr)
+        from pipeline.reporting import errors
+        print("error: %s" % errors.error_line(e, os.path.abspath(args.output)), file=sys.stderr)
         return 2
     print("graft run: %d classes from %s, backbone %s, output %s"
           % (config.training.num_classes, config.data_dir, config.training.backbone,
@@ -109,20 +109,21 @@ def main(args) -> int:
 
 def finish(config: configs.PipelineConfig, start: float, failed: Exception | None) -> int:
     """Summary, report, and for a failure one last `error: ...` line on stderr."""
-    from pipeline.reporting import report
-    from pipeline.reporting import summary as run_summary
+    from pipeline.reporting import errors, facts, report, summary
+    run_facts = None
     try:
-        print(run_summary.format_summary(config, time.time() - start, failed, since=start),
-              flush=True)
+        run_facts = facts.collect(config, time.time() - start, failed, since=start)
+        print(summary.format_summary(run_facts), flush=True)
     except Exception as e:  # noqa: BLE001 - e.g. a full disk; the error line still comes
-        print("graft run summary unavailable: %s" % run_summary.root_message(e), flush=True)
+        print("graft run summary unavailable: %s" % errors.root_message(e), flush=True)
     try:
-        print("  report: %s" % report.write(config, time.time() - start, failed, since=start),
-              flush=True)
+        if run_facts is None:
+            raise RuntimeError("no facts of the run to report")
+        print("  report: %s" % report.write(run_facts), flush=True)
     except Exception as e:  # noqa: BLE001
-        print("  report: not written (%s)" % run_summary.root_message(e), flush=True)
+        print("  report: not written (%s)" % errors.root_message(e), flush=True)
     if failed is not None:
-        print("error: %s" % run_summary.error_line(failed, config.output_dir), file=sys.stderr,
+        print("error: %s" % errors.error_line(failed, config.output_dir), file=sys.stderr,
               flush=True)
         return 1
     return 0
