@@ -4,9 +4,9 @@ TFX's KubeflowV2 runner resolves the span/version/fingerprint of a FileBasedExam
 `preCacheCheck` driver hook that only Vertex AI runs. This runs TFX's own driver first (it
 writes the resolved exec properties to the task's executor-output file) and then TFX's
 executor entry point, which reads them back: `python -m pipeline.kfp_example_gen ARGS` (that
-shim calls main() here), with the same ARGS that TFX gives `kubeflow_v2_run_executor`. The executor rewrites the output file
-without the driver's artifact metadata (span, version, input fingerprint): it is merged back,
-so that KFP records the span of the Examples artifact.
+shim calls main() here), with the same ARGS that TFX gives `kubeflow_v2_run_executor`. The
+executor rewrites the output file without the driver's artifact metadata (span, version, input
+fingerprint): it is merged back, so that KFP records the span of the Examples artifact.
 """
 from __future__ import annotations
 
