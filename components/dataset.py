@@ -92,3 +92,9 @@ def augment(images: tf.Tensor, value_range=(0.0, 255.0), seed: int = 42) -> tf.T
     images = tf.image.resize(images, size)
     delta = tf.random.uniform([batch, 1, 1, 1], -0.1, 0.1) * (hi - lo)
     return tf.clip_by_value(images + delta, lo, hi)
+
+
+def count_examples(file_patterns) -> int:
+    """Records in the (GZIP) example files: the length of an epoch, for the schedule."""
+    return sum(1 for _ in tf.data.TFRecordDataset(_files(file_patterns),
+                                                  compression_type="GZIP"))

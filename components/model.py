@@ -1,12 +1,15 @@
-"""The transfer-learning model and its two training phases.
+"""The transfer-learning model, its loss, optimizers and the phase-2 unfreezing.
 
 Model: preprocessed image -> backbone (include_top=False, called with training=False so
-BatchNorm always runs in inference mode) -> GlobalAveragePooling2D -> Dense(head_units,
-relu) -> Dropout -> Dense(n, softmax, float32).
+BatchNorm always runs in inference mode) -> GlobalAveragePooling2D ("pool") -> head:
+Dense(head_units, relu) -> Dropout -> Dense(n, softmax, float32). The head's layers are also
+wrapped in a model of their own that takes pooled features, so phase 1 can train them on
+cached features (components/feature_cache.py) and the full model carries the result.
 
-Phase 1 trains the head on the frozen base. Phase 2 unfreezes the top `fine_tune_layers`
-layers of the base, keeps every BatchNormalization layer frozen, and trains with a learning
-rate 10-100x lower. Both phases stop early on validation loss and restore the best weights.
+Phase 1 trains the head on the frozen base. Phase 2 unfreezes the top of the base
+(`TrainingConfig.fine_tune_count`), keeps every BatchNormalization layer frozen, and trains
+with its own optimizer and schedule (AdamW with a warm-up + cosine decay by default). Both
+phases use label smoothing when configured.
 
 With `weights='none'` the same architecture trains from scratch instead: one phase, every
 layer trainable, BatchNorm in training mode with moving-average momentum 0.9 (PyTorch's
@@ -16,18 +19,27 @@ accuracy climbed (the baseline of bench/transfer_vs_scratch.py).
 """
 from __future__ import annotations
 
+import math
 import time
+from typing import NamedTuple
 
+import tensorflow as tf
 import tf_keras
 
 from components.training_config import TrainingConfig
 
-
 SCRATCH_BN_MOMENTUM = 0.9
+POOL_LAYER = "pool"
 
 
-def build(backbone, cfg: TrainingConfig):
-    """Returns (model, base): the base frozen (phase 1), or all of it trainable from scratch."""
+class Classifier(NamedTuple):
+    model: tf_keras.Model   # image -> probabilities (what is trained in phase 2 and exported)
+    base: tf_keras.Model    # the backbone
+    head: tf_keras.Model    # pooled features -> probabilities, sharing the model's head layers
+
+
+def build(backbone, cfg: TrainingConfig) -> Classifier:
+    """The classifier with the base frozen (phase 1), or all of it trainable from scratch."""
     scratch = cfg.from_scratch
     image_size = cfg.input_size()
     base = backbone.build_base(weights=None if scratch else cfg.weights, image_size=image_size)
@@ -36,21 +48,76 @@ def build(backbone, cfg: TrainingConfig):
         for layer in base.layers:
             if isinstance(layer, tf_keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
+    head_layers = [
+        tf_keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense"),
+        tf_keras.layers.Dropout(cfg.dropout, name="head_dropout"),
+        tf_keras.layers.Dense(cfg.num_classes, activation="softmax", dtype="float32",
+                              name="probabilities"),
+    ]
+
+    def apply_head(x):
+        for layer in head_layers:
+            x = layer(x)
+        return x
+
     inputs = tf_keras.Input((image_size, image_size, 3), name="image_xf")
     # Pretrained: BatchNorm always in inference mode. From scratch: BatchNorm learns its
     # statistics (training follows the Keras learning phase).
     x = base(inputs) if scratch else base(inputs, training=False)
-    x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = tf_keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense")(x)
-    x = tf_keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    outputs = tf_keras.layers.Dense(cfg.num_classes, activation="softmax",
-                                    dtype="float32", name="probabilities")(x)
-    return tf_keras.Model(inputs, outputs, name="graft_classifier"), base
+    pooled = tf_keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(x)
+    model = tf_keras.Model(inputs, apply_head(pooled), name="graft_classifier")
+    features = tf_keras.Input((pooled.shape[-1],), name="features")
+    head = tf_keras.Model(features, apply_head(features), name="graft_head")
+    return Classifier(model, base, head)
 
 
-def compile_for(model, learning_rate: float) -> None:
-    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def feature_extractor(classifier: Classifier) -> tf_keras.Model:
+    """image -> pooled features: the part of the model that phase 1 leaves frozen."""
+    model = classifier.model
+    return tf_keras.Model(model.input, model.get_layer(POOL_LAYER).output, name="graft_features")
+
+
+def smoothed_loss(num_classes: int, label_smoothing: float):
+    """Cross-entropy of integer labels against softmax probabilities, with label smoothing
+    (tf_keras' sparse cross-entropy has none): the one-hot target becomes
+    (1 - s) * onehot + s / n."""
+    cce = tf_keras.losses.CategoricalCrossentropy(label_smoothing=float(label_smoothing))
+
+    def loss(y_true, y_pred):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+        return cce(tf.one_hot(labels, num_classes), y_pred)
+
+    loss.__name__ = "smoothed_crossentropy"
+    return loss
+
+
+def learning_rate(cfg: TrainingConfig, steps_per_epoch: int):
+    """Phase 2's learning rate: constant, or linear warm-up then cosine decay to 0."""
+    peak = cfg.fine_tune_learning_rate
+    if cfg.fine_tune_schedule == "constant":
+        return peak
+    total = max(1, cfg.fine_tune_epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    return tf_keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak, decay_steps=total - warmup,
+        warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def optimizer(name: str, rate, weight_decay: float = 0.0):
+    if name == "adamw":
+        return tf_keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay)
+    return tf_keras.optimizers.Adam(rate)
+
+
+def compile_for(model, opt, cfg: TrainingConfig | None = None) -> None:
+    """Compile with an optimizer (or a learning rate for Adam); the loss is cross-entropy of
+    integer labels, label-smoothed when `cfg` asks for it."""
+    if isinstance(opt, (int, float)):
+        opt = tf_keras.optimizers.Adam(opt)
+    loss = smoothed_loss(cfg.num_classes, cfg.label_smoothing) \
+        if cfg is not None and cfg.label_smoothing else "sparse_categorical_crossentropy"
+    model.compile(optimizer=opt, loss=loss,
+                  metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
 def unfreeze_top(base, num_layers: int) -> int:
@@ -62,6 +129,10 @@ def unfreeze_top(base, num_layers: int) -> int:
         trainable = i >= cutoff and not isinstance(layer, tf_keras.layers.BatchNormalization)
         layer.trainable = trainable
     return sum(1 for layer in base.layers if layer.trainable and layer.trainable_weights)
+
+
+def steps(examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(examples / batch_size))
 
 
 class EpochClock(tf_keras.callbacks.Callback):

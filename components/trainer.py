@@ -1,9 +1,11 @@
 """Trainer module: `run_fn`, the two-phase transfer learning that TFX's Trainer runs.
 
 Reads the raw examples and maps the Transform graph over them (Transform ran with
-materialize=False), trains phase 1 (frozen base, new head) and phase 2 (top layers
-unfrozen, BatchNorm frozen, lower learning rate; its weights are kept only if it beats phase 1's
-validation loss), and exports a SavedModel whose
+materialize=False). Phase 1 trains a new head on the frozen base: on features the base
+computes once per image (components/feature_cache.py; `feature_cache=False` trains on the
+images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers of the base
+(BatchNorm frozen) with its own optimizer and schedule (model.py); its weights are kept only if
+it beats phase 1's validation loss. Exports a SavedModel (without optimizer state) whose
 signatures embed the same Transform graph. Writes `history.json`, `history.png`,
 `training_summary.json` and TensorBoard logs to the model-run directory.
 """
@@ -19,17 +21,21 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from components import dataset, distribution, model as model_lib, signatures
+from components import dataset, distribution, feature_cache, model as model_lib, signatures
 from components.backbones import registry
 from components.training_config import TrainingConfig
 
 
-def _fit(model, train_ds, eval_ds, epochs, patience, callbacks, phase):
+def _fit(model, train, eval_data, epochs, patience, callbacks, phase, batch_size=None):
+    """fit() with early stopping (best weights restored) and a per-epoch clock; `train` is a
+    dataset, or (features, labels) arrays for phase 1 on cached features."""
     if epochs <= 0:
         return {}
     start = time.time()
     clock = model_lib.EpochClock()
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=2,
+    inputs = dict(x=train[0], y=train[1], batch_size=batch_size, shuffle=True) \
+        if isinstance(train, tuple) else dict(x=train)
+    history = model.fit(**inputs, validation_data=eval_data, epochs=epochs, verbose=2,
                         callbacks=callbacks + [clock, model_lib.early_stopping(patience)])
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     hist["seconds"] = time.time() - start
@@ -38,7 +44,7 @@ def _fit(model, train_ds, eval_ds, epochs, patience, callbacks, phase):
     return hist
 
 
-def _best(hist: dict) -> dict:
+def best(hist: dict) -> dict:
     """Metrics at the epoch whose weights early stopping restored (lowest val_loss)."""
     if not hist.get("val_loss"):
         return {}
@@ -77,6 +83,64 @@ def plot_history(histories: list, path: str) -> None:
         f.write(buf.getvalue())
 
 
+def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds, eval_ds,
+          unaugmented_train, count_train, callbacks=()) -> tuple[dict, dict]:
+    """Phase 1 then phase 2 on `classifier`; returns their histories ({} for a skipped phase).
+
+    train_ds: augmented, shuffled training batches; eval_ds: eval batches;
+    unaugmented_train(): the training batches in file order without augmentation (feature
+    cache); count_train(): the number of training examples (the schedule's length without the
+    cache). Also what bench/plain_keras.py runs, so both train the very same recipe.
+    """
+    model, base = classifier.model, classifier.base
+    callbacks = list(callbacks)
+    patience = cfg.early_stopping_patience
+    scratch = cfg.from_scratch
+    if cfg.feature_cache and not scratch:
+        # Phase 1: the frozen base once per image (and flip), the head on the features.
+        cache = feature_cache.Cache(model_lib.feature_extractor(classifier), unaugmented_train(),
+                                    eval_ds, flip=cfg.augment)
+        print("graft trainer: feature cache %s" % json.dumps(cache.describe()))
+        with strategy.scope():
+            for trained in (classifier.head, model):  # the model too: evaluated at the end
+                model_lib.compile_for(trained, cfg.learning_rate, cfg)
+        phase1 = _fit(classifier.head, (cache.train_x, cache.train_y),
+                      (cache.eval_x, cache.eval_y), cfg.epochs, patience, callbacks, "phase 1",
+                      batch_size=global_batch)
+        phase1["seconds"] += cache.seconds
+        phase1["feature_cache"] = cache.describe()
+        train_examples = cache.train_examples
+    else:
+        with strategy.scope():
+            model_lib.compile_for(model, cfg.learning_rate, cfg)
+        phase1 = _fit(model, train_ds, eval_ds, cfg.epochs, patience, callbacks,
+                      "from scratch" if scratch else "phase 1")
+        train_examples = count_train() if cfg.fine_tune_epochs > 0 and not scratch else 0
+    phase2 = {}
+    phase1_weights = model.get_weights()
+    # From scratch every layer trained already: there is nothing left to fine-tune.
+    if cfg.fine_tune_epochs > 0 and not scratch:
+        with strategy.scope():
+            unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)))
+            rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
+            model_lib.compile_for(model, model_lib.optimizer(
+                cfg.fine_tune_optimizer, rate, cfg.weight_decay), cfg)
+        print("graft trainer: phase 2 with %d of %d base layers trainable (%s, %s, peak "
+              "learning rate %g)" % (unfrozen, len(base.layers), cfg.fine_tune_optimizer,
+                                     cfg.fine_tune_schedule, cfg.fine_tune_learning_rate))
+        phase2 = _fit(model, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
+                      callbacks, "phase 2")
+        phase2["trainable_base_layers"] = unfrozen
+    if phase2 and best(phase2).get("val_loss", float("inf")) > best(phase1)["val_loss"]:
+        # Fine-tuning never makes the model worse: keep phase 1's weights.
+        model.set_weights(phase1_weights)
+        phase2["kept"] = False
+        print("graft trainer: phase 2 did not beat phase 1's validation loss; keeping phase 1")
+    elif phase2:
+        phase2["kept"] = True
+    return phase1, phase2
+
+
 def run_fn(fn_args) -> None:
     cfg = TrainingConfig.from_custom_config(fn_args.custom_config)
     tf_keras.utils.set_random_seed(cfg.seed)
@@ -90,51 +154,36 @@ def run_fn(fn_args) -> None:
           % (backbone.name, size, type(strategy).__name__, strategy.num_replicas_in_sync,
              policy, global_batch))
 
-    train_ds = dataset.make_dataset(fn_args.train_files, tf_transform_output, cfg, global_batch,
-                                    training=True, value_range=backbone.value_range)
-    eval_ds = dataset.make_dataset(fn_args.eval_files, tf_transform_output, cfg, global_batch,
-                                   training=False)
+    def images(files, training):
+        return dataset.make_dataset(files, tf_transform_output, cfg, global_batch,
+                                    training=training, value_range=backbone.value_range)
 
+    train_ds, eval_ds = images(fn_args.train_files, True), images(fn_args.eval_files, False)
     with strategy.scope():
-        model, base = model_lib.build(backbone, cfg)
-        model_lib.compile_for(model, cfg.learning_rate)
-    log_dir = os.path.join(fn_args.model_run_dir, "logs")
-    callbacks = [tf_keras.callbacks.TensorBoard(log_dir=log_dir)]
-    patience = cfg.early_stopping_patience
-
+        classifier = model_lib.build(backbone, cfg)
+    model = classifier.model
     scratch = cfg.from_scratch
-    phase1 = _fit(model, train_ds, eval_ds, cfg.epochs, patience, callbacks,
-                  "from scratch" if scratch else "phase 1")
-    phase2 = {}
-    phase1_weights = model.get_weights()
-    # From scratch every layer trained already: there is nothing left to fine-tune.
-    if cfg.fine_tune_epochs > 0 and not scratch:
-        with strategy.scope():
-            unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_layers)
-            model_lib.compile_for(model, cfg.fine_tune_learning_rate)
-        print("graft trainer: phase 2 with %d trainable base layers" % unfrozen)
-        phase2 = _fit(model, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
-                      callbacks, "phase 2")
-    if phase2 and _best(phase2).get("val_loss", float("inf")) > _best(phase1)["val_loss"]:
-        # Fine-tuning never makes the model worse: keep phase 1's weights.
-        model.set_weights(phase1_weights)
-        phase2["kept"] = False
-        print("graft trainer: phase 2 did not beat phase 1's validation loss; keeping phase 1")
-    elif phase2:
-        phase2["kept"] = True
+    callbacks = [tf_keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir,
+                                                                     "logs"))]
+    phase1, phase2 = train(classifier, cfg, strategy, global_batch, train_ds, eval_ds,
+                           lambda: images(fn_args.train_files, False),
+                           lambda: dataset.count_examples(fn_args.train_files), callbacks)
     final = model.evaluate(eval_ds, verbose=0, return_dict=True)
 
     summary = {"backbone": backbone.name, "image_size": size, "global_batch": global_batch,
-               "init": "random" if scratch else str(cfg.weights),
+               "init": "random" if scratch else str(cfg.weights), "recipe": cfg.recipe,
+               "feature_cache": phase1.get("feature_cache"),
                "strategy": type(strategy).__name__, "precision": policy,
-               "phase1": _best(phase1), "phase2": _best(phase2),
+               "phase1": best(phase1), "phase2": best(phase2),
                "final_val_accuracy": float(final["accuracy"]),
                "final_val_loss": float(final["loss"])}
     # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the chief
     # to the real location, the others to a throwaway directory.
     sigs = signatures.make_signatures(model, tf_transform_output, cfg)
     save_dir = distribution.save_path(fn_args.serving_model_dir)
-    model.save(save_dir, save_format="tf", signatures=sigs)
+    # The served model needs no optimizer state, and a plain loss keeps it loadable anywhere.
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(save_dir, save_format="tf", signatures=sigs, include_optimizer=False)
     if not distribution.is_chief():
         shutil.rmtree(save_dir, ignore_errors=True)
         return

@@ -17,6 +17,14 @@ import json
 from typing import Any, Optional
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+# Named sets of training settings, applied under explicit flags (pipeline.configs.from_args).
+# 'default' is the dataclass defaults; 'seed' the recipe graft started with.
+RECIPES = {
+    "default": {},
+    "seed": {"epochs": 10, "fine_tune_epochs": 5, "fine_tune_learning_rate": 1e-5,
+             "fine_tune_layers": 20, "fine_tune_schedule": "constant",
+             "fine_tune_optimizer": "adam", "label_smoothing": 0.0},
+}
 
 
 def config_field(default, help: str = "", **metadata):  # noqa: A002 - argparse's word
@@ -41,17 +49,38 @@ class TrainingConfig:
         None, "input size in pixels (default: the backbone's native size)", type=int)
     head_units: int = 128
     dropout: float = 0.5
-    # Training.
+    # Training. Phase 1: the head on the frozen base (on cached features by default).
     batch_size: int = config_field(32, "per-replica batch size")
-    epochs: int = config_field(10, "phase 1 maximum epochs")
-    fine_tune_epochs: int = config_field(5, "phase 2 maximum epochs, 0 skips it")
+    epochs: int = config_field(30, "phase 1 maximum epochs (early stopping decides)")
     learning_rate: float = config_field(1e-3, "phase 1 learning rate")
-    fine_tune_learning_rate: float = config_field(1e-5, "phase 2 learning rate, 10-100x lower")
-    fine_tune_layers: int = config_field(20, "top base layers unfrozen in phase 2")
+    feature_cache: bool = config_field(
+        True, "phase 1 on cached features: the frozen base runs once per image (and once per "
+        "horizontal flip of each training image), the head trains on the pooled features",
+        negative="--no-feature-cache")
+    # Phase 2: fine-tuning the top of the base, BatchNorm always frozen.
+    fine_tune_epochs: int = config_field(6, "phase 2 maximum epochs, 0 skips it")
+    fine_tune_learning_rate: float = config_field(1e-4, "phase 2 peak learning rate")
+    fine_tune_fraction: float = config_field(
+        1.0, "fraction of the base's layers unfrozen in phase 2, counted from the top "
+        "(BatchNorm layers stay frozen)")
+    fine_tune_layers: Optional[int] = config_field(
+        None, "top base layers unfrozen in phase 2 (overrides --fine-tune-fraction)", type=int)
+    fine_tune_schedule: str = config_field(
+        "cosine", "phase 2 learning-rate schedule: cosine decay to 0 after a linear warm-up, "
+        "or constant", choices=("cosine", "constant"))
+    warmup_epochs: float = config_field(1.0, "phase 2 linear warm-up epochs (cosine schedule)")
+    fine_tune_optimizer: str = config_field("adamw", "phase 2 optimizer",
+                                            choices=("adamw", "adam"))
+    weight_decay: float = config_field(1e-4, "AdamW's decoupled weight decay")
+    label_smoothing: float = config_field(0.1, "label smoothing of the loss (both phases)")
     early_stopping_patience: int = config_field(
         3, "epochs without a better validation loss before a phase stops")
     augment: bool = config_field(True, "augmentation (flip, crop, brightness) of training images",
                                  negative="--no-augment")
+    recipe: str = config_field(
+        "default", "'seed' restores the original recipe (phase 2: top 20 layers, Adam 1e-5, "
+        "constant, no label smoothing, 10 + 5 epochs); explicit flags still win",
+        choices=tuple(RECIPES))
     seed: int = 42
     code_version: str = ""                 # hash of component sub-packages (cache key)
 
@@ -63,6 +92,13 @@ class TrainingConfig:
     def from_scratch(self) -> bool:
         """True when the backbone starts from random weights (nothing to transfer)."""
         return self.weights in ("", "none", "None", None)
+
+    def fine_tune_count(self, num_base_layers: int) -> int:
+        """How many of the base's top layers phase 2 unfreezes: `fine_tune_layers` if set,
+        else `fine_tune_fraction` of the base's layers (rounded), at most all of them."""
+        if self.fine_tune_layers is not None:
+            return min(int(self.fine_tune_layers), num_base_layers)
+        return min(num_base_layers, int(round(self.fine_tune_fraction * num_base_layers)))
 
     def input_size(self) -> int:
         """The input size in pixels: configured, or the backbone's native size."""

@@ -14,7 +14,8 @@ import dataclasses
 import os
 from typing import Iterable
 
-from components.training_config import DEFAULT_BACKBONE, TrainingConfig, config_field
+from components.training_config import (DEFAULT_BACKBONE, RECIPES, TrainingConfig,
+                                         config_field)
 
 DEFAULT_OUTPUT_DIR = "graft-output"
 DEFAULT_MODEL_NAME = "graft"
@@ -136,7 +137,7 @@ def from_args(args: argparse.Namespace, *, data_dir: str, label_names: tuple, ou
     given = {f.name: getattr(args, f.name) for _, f in flag_fields()
              if getattr(args, f.name, None) is not None}
     training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
-    training = {**(DEMO_TRAINING if demo else {}),
+    training = {**RECIPES[given.get("recipe", "default")], **(DEMO_TRAINING if demo else {}),
                 **{k: v for k, v in given.items() if k in training_names}}
     pipeline = {k: v for k, v in given.items() if k not in training_names}
     return PipelineConfig(

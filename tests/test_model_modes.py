@@ -38,7 +38,7 @@ def _fit_one_epoch(model):
 def test_from_scratch_trains_every_layer_and_batchnorm_statistics():
     assert TrainingConfig(weights="none").from_scratch and TrainingConfig(weights="").from_scratch
     assert not TrainingConfig(weights="imagenet").from_scratch
-    model, base = model_lib.build(get_backbone("efficientnet_lite0"),
+    model, base, _ = model_lib.build(get_backbone("efficientnet_lite0"),
                                   dataclasses.replace(CFG, weights="none"))
     assert base.trainable
     bns = [l for l in base.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
@@ -57,7 +57,7 @@ def test_transfer_phase1_freezes_base_and_batchnorm_stays_in_inference_mode(monk
     # Random init stands in for the ImageNet weights: only the freezing is under test here.
     monkeypatch.setattr(type(backbone), "build_base",
                         lambda self, weights, image_size: real_build(None, image_size))
-    model, base = model_lib.build(backbone, dataclasses.replace(CFG, weights="imagenet"))
+    model, base, _ = model_lib.build(backbone, dataclasses.replace(CFG, weights="imagenet"))
     assert not base.trainable and not base.trainable_weights
     head = [w.name for w in model.trainable_weights]
     assert head and all(n.startswith(("head_dense", "probabilities")) for n in head)

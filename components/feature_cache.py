@@ -1,0 +1,58 @@
+"""Phase 1 on cached features: the frozen base runs once per image, not once per epoch.
+
+In phase 1 nothing below the head changes, so the Trainer runs the Transform graph and the
+frozen base once over the training images (plus one fixed augmented view: the horizontal
+flip) and once over the eval images, keeps the pooled features in memory, and trains the head
+on them for as many epochs as early stopping wants. The cache lives only in the Trainer's
+memory for the duration of one `run_fn`: a new backbone, weights, image size or data is a new
+Trainer execution and recomputes it, so nothing stale can be reused.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+
+def extract(extractor, ds: tf.data.Dataset, flip: bool = False) -> tuple:
+    """Pooled features of every image of `ds` (batches of (image, label), not augmented):
+    (features float32 [N, D], labels int64 [N]); with flip, the horizontally flipped images'
+    features follow as N more rows with the same labels."""
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        out = [extractor(images, training=False)]
+        if flip:
+            out.append(extractor(tf.image.flip_left_right(images), training=False))
+        return out
+
+    views, labels = [], []
+    for images, y in ds:
+        views.append([v.numpy().astype(np.float32) for v in forward(images)])
+        labels.append(y.numpy().astype(np.int64))
+    if not labels:
+        raise ValueError("no examples to extract features from")
+    n_views = len(views[0])
+    features = np.concatenate([batch[v] for v in range(n_views) for batch in views])
+    return features, np.concatenate(labels * n_views)
+
+
+class Cache:
+    """Features of the training (original + flipped when augmenting) and eval images."""
+
+    def __init__(self, extractor, train_ds, eval_ds, flip: bool):
+        start = time.time()
+        self.train_x, self.train_y = extract(extractor, train_ds, flip=flip)
+        self.eval_x, self.eval_y = extract(extractor, eval_ds)
+        self.views = 2 if flip else 1
+        self.seconds = time.time() - start
+
+    @property
+    def train_examples(self) -> int:
+        return len(self.train_y) // self.views
+
+    def describe(self) -> dict:
+        return {"train_examples": self.train_examples, "train_views": self.views,
+                "eval_examples": len(self.eval_y), "dims": int(self.train_x.shape[1]),
+                "seconds": round(self.seconds, 2)}

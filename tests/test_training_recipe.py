@@ -1,0 +1,147 @@
+"""The Trainer's recipe pieces: the typed config and its flags, phase 1 on cached features,
+phase 2's unfreezing depth, loss and learning-rate schedule."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from components import feature_cache, model as model_lib
+from components.backbones import get_backbone
+from components.training_config import RECIPES, TrainingConfig
+from pipeline import configs
+
+NAMES = ("a", "b", "c")
+
+
+def _images(n=6, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (n, size, size, 3)).astype("float32")
+
+
+def test_cached_features_equal_the_models_own_forward_pass():
+    cfg = TrainingConfig(label_names=NAMES, image_size=64)  # real offline Lite0 weights
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    x = _images()
+    y = np.array([0, 1, 2, 0, 1, 2])
+    # One batch: oneDNN's float rounding depends on the batch size, not on the path.
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    feats, labels = feature_cache.extract(model_lib.feature_extractor(classifier), ds)
+    assert feats.shape == (6, 1280) and labels.tolist() == y.tolist()
+    # The uncached path: the whole model on the images, compiled into a graph as fit() and
+    # predict() do (eager op-by-op execution rounds differently). Same features and
+    # probabilities.
+    pool = tf_keras.Model(classifier.model.input,
+                          classifier.model.get_layer(model_lib.POOL_LAYER).output)
+    assert np.abs(pool.predict(x, batch_size=6, verbose=0) - feats).max() <= 1e-5
+    probs = classifier.model.predict(x, batch_size=6, verbose=0)
+    assert np.abs(classifier.head(feats, training=False).numpy() - probs).max() <= 1e-5
+
+
+def test_flip_view_appends_the_flipped_images_features_with_the_same_labels():
+    cfg = TrainingConfig(label_names=NAMES, image_size=32)
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    extractor = model_lib.feature_extractor(classifier)
+    x = _images(4, 32)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(4) % 3)).batch(3)
+    feats, labels = feature_cache.extract(extractor, ds, flip=True)
+    assert feats.shape[0] == 8 and labels.tolist() == [0, 1, 2, 0, 0, 1, 2, 0]
+    flipped = extractor(tf.image.flip_left_right(x), training=False).numpy()
+    assert np.abs(feats[4:] - flipped).max() <= 1e-5
+    assert np.abs(feats[4:] - feats[:4]).max() > 1e-3  # a different view, not a copy
+
+
+def test_head_training_moves_the_full_models_head():
+    cfg = TrainingConfig(label_names=NAMES, image_size=32, weights="none")
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    before = classifier.model.get_layer("probabilities").get_weights()[0].copy()
+    model_lib.compile_for(classifier.head, tf_keras.optimizers.Adam(1e-2), cfg)
+    classifier.head.fit(np.random.rand(8, 1280).astype("float32"), np.arange(8) % 3,
+                        epochs=1, verbose=0)
+    after = classifier.model.get_layer("probabilities").get_weights()[0]
+    assert np.abs(after - before).max() > 0
+
+
+@pytest.mark.parametrize("name,layers,fifth,all_but", [
+    ("vgg16", 19, 4, None), ("resnet50", 175, 35, None), ("efficientnet_b7", 813, 163, None),
+    ("efficientnet_lite0", 150, 30, None)])
+def test_fine_tune_fraction_counts_layers_the_seeds_way(name, layers, fifth, all_but):
+    base = get_backbone(name).build_base(weights=None, image_size=32)
+    assert len(base.layers) == layers
+    assert TrainingConfig(fine_tune_fraction=0.2).fine_tune_count(layers) == fifth
+    assert TrainingConfig(fine_tune_fraction=1.0).fine_tune_count(layers) == layers
+    # The explicit layer count overrides the fraction (and cannot exceed the base).
+    assert TrainingConfig(fine_tune_fraction=1.0, fine_tune_layers=20).fine_tune_count(
+        layers) == min(20, layers)
+    trainable = model_lib.unfreeze_top(base, TrainingConfig(fine_tune_fraction=0.2)
+                                       .fine_tune_count(layers))
+    assert 0 < trainable <= fifth
+    assert not any(l.trainable for l in base.layers[:layers - fifth])
+    assert not any(isinstance(l, tf_keras.layers.BatchNormalization) and l.trainable
+                   for l in base.layers)
+
+
+def test_label_smoothing_loss():
+    probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = tf.constant([0, 2])
+    plain = model_lib.smoothed_loss(3, 0.0)(labels, probs).numpy()
+    expected = tf_keras.losses.sparse_categorical_crossentropy(labels, probs).numpy().mean()
+    assert plain == pytest.approx(expected, rel=1e-6)
+    target = np.array([[0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3], [0.1 / 3, 0.1 / 3, 0.9 + 0.1 / 3]])
+    manual = -(target * np.log(probs.numpy())).sum(axis=1).mean()
+    assert model_lib.smoothed_loss(3, 0.1)(labels, probs).numpy() == pytest.approx(manual,
+                                                                                  rel=1e-5)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainingConfig(fine_tune_epochs=4, warmup_epochs=1, fine_tune_learning_rate=1e-4)
+    rate = model_lib.learning_rate(cfg, steps_per_epoch=10)
+    assert float(rate(0)) == pytest.approx(0.0, abs=1e-12)
+    assert float(rate(5)) == pytest.approx(0.5e-4, rel=1e-3)
+    assert float(rate(10)) == pytest.approx(1e-4, rel=1e-3)
+    assert float(rate(25)) == pytest.approx(0.5e-4, rel=1e-3)   # halfway through the decay
+    assert float(rate(40)) == pytest.approx(0.0, abs=1e-9)
+    constant = dataclasses.replace(cfg, fine_tune_schedule="constant")
+    assert model_lib.learning_rate(constant, 10) == 1e-4
+
+
+def _parse(*argv):
+    p = argparse.ArgumentParser()
+    configs.add_run_arguments(p)
+    args = p.parse_args(list(argv))
+    return configs.from_args(args, data_dir="/d", label_names=NAMES, output_dir="/o")
+
+
+def test_seed_recipe_restores_the_original_settings_and_flags_still_win():
+    default = _parse().training
+    assert default == TrainingConfig(label_names=NAMES)
+    seed = _parse("--recipe", "seed").training
+    for key, value in RECIPES["seed"].items():
+        assert getattr(seed, key) == value
+    assert seed.fine_tune_count(150) == 20 and seed.recipe == "seed"
+    mixed = _parse("--recipe", "seed", "--fine-tune-epochs", "2", "--no-feature-cache").training
+    assert mixed.fine_tune_epochs == 2 and mixed.fine_tune_learning_rate == 1e-5
+    assert mixed.feature_cache is False
+
+
+def test_every_flagged_field_has_a_flag_and_reaches_the_config():
+    p = argparse.ArgumentParser()
+    configs.add_run_arguments(p)
+    flags = {a.dest: a for a in p._actions}
+    for cls, field in configs.flag_fields():
+        assert field.name in flags, field.name
+    cfg = _parse("--fine-tune-fraction", "0.5", "--label-smoothing", "0", "--min-accuracy",
+                 "0.7", "--fine-tune-schedule", "constant")
+    assert cfg.training.fine_tune_fraction == 0.5 and cfg.training.label_smoothing == 0.0
+    assert cfg.min_accuracy == 0.7 and cfg.training.fine_tune_schedule == "constant"
+
+
+def test_custom_config_round_trip_and_unknown_keys():
+    cfg = TrainingConfig(label_names=NAMES, fine_tune_layers=7, image_size=96)
+    assert TrainingConfig.from_custom_config(cfg.to_custom_config()) == cfg
+    with pytest.raises(ValueError, match="unknown keys.*fine_tune_layer"):
+        TrainingConfig.from_custom_config({"fine_tune_layer": 3})
