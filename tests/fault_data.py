@@ -6,9 +6,7 @@ import io
 import random
 from pathlib import Path
 
-CLASSES = 3
-PER_CLASS = 24
-PNG_SIZE = 32
+from pipeline_runs import CLASSES, PER_CLASS, PNG_SIZE
 
 
 def _jpeg(seed: int) -> bytes:

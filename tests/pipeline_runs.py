@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end tests: run `graft run` in a subprocess and read MLMD."""
+"""Helpers and constants for the end-to-end tests: the small digits data set they train on,
+the fast `graft run` flags they share, and running the CLI in a subprocess."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,17 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The small digits data set (pipeline/data/demo_dataset.py) of every end-to-end test.
+CLASSES = 3
+PER_CLASS = 24
+PNG_SIZE = 32
+IMAGE_SIZE = 48
+# Flags that keep a whole pipeline run to about a minute on 2 cores.
+FAST = ["--beam-mode", "in_memory", "--image-size", IMAGE_SIZE, "--batch-size", 16,
+        "--model-name", "digits"]
+# FAST plus a short two-phase training.
+TWO_PHASES = FAST + ["--epochs", 6, "--fine-tune-epochs", 2, "--fine-tune-layers", 10]
 
 
 def graft(*args, timeout=1500, check=True) -> subprocess.CompletedProcess:

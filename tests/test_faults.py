@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 import fault_data
-from pipeline_runs import REPO, graft
+from pipeline_runs import REPO, TWO_PHASES, graft
 
-COMMON = ["--beam-mode", "in_memory", "--image-size", 48, "--epochs", 6,
-          "--fine-tune-epochs", 2, "--fine-tune-layers", 10, "--batch-size", 16,
-          "--model-name", "digits", "--min-accuracy", 0.4]
+pytestmark = pytest.mark.e2e
+
+COMMON = TWO_PHASES + ["--min-accuracy", 0.4]
 TRAINER_STARTED = "graft trainer: backbone="
 BEFORE_TRAINER = ("ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen",
                   "ExampleValidator", "DataGate", "Transform")

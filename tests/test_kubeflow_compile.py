@@ -20,8 +20,8 @@ IMAGE = "ghcr.io/OWNER/graft:0.1.0"
 DEFAULT_ARGS = ["kubeflow", "compile", "--image", IMAGE, "--pipeline-root", "gs://BUCKET/graft",
                 "--data", "gs://BUCKET/data", "--labels",
                 "daisy,dandelion,roses,sunflowers,tulips"]
-TASKS = {"ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "DataGate",
-         "Transform", "Trainer", "Evaluator", "VersionedPusher"}
+TASKS = {"ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
+         "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher"}
 
 
 def compile_to(path: Path, *extra) -> dict:
@@ -45,7 +45,7 @@ def _container(spec, task):
 def test_spec_has_the_pipeline_tasks_and_no_resolver(compiled):
     _, spec = compiled
     assert spec["schemaVersion"] == "2.1.0"
-    assert TASKS <= set(spec["root"]["dag"]["tasks"])
+    assert set(spec["root"]["dag"]["tasks"]) == TASKS
     assert not any("resolver" in e for e in spec["deploymentSpec"]["executors"].values())
     deps = spec["root"]["dag"]["tasks"]["VersionedPusher"]["dependentTasks"]
     assert set(deps) == {"Evaluator", "Trainer"}

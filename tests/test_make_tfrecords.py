@@ -17,7 +17,6 @@ from PIL import Image  # noqa: E402
 from pipeline.data import demo_dataset, make_tfrecords  # noqa: E402
 from pipeline.data.make_tfrecords import ConversionError, convert  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data"
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -236,10 +235,8 @@ def test_main_prints_table_or_one_line_error(images: Path, tmp_path: Path, capsy
     assert make_tfrecords.main(ns(span=5, eval_fraction=1.5)) == 1
 
 
-def test_flowers_dev(tmp_path: Path):
-    flowers = SHARED / "flowers-dev"
-    if not flowers.is_dir():
-        pytest.skip(f"{flowers} is absent")
+def test_flowers_dev(tmp_path: Path, shared_data: Path):
+    flowers = shared_data / "flowers-dev"
     t0 = time.monotonic()
     summary = convert(flowers, tmp_path / "out", shards=2, log=lambda m: None)
     elapsed = time.monotonic() - t0
@@ -273,10 +270,8 @@ def test_demo_dataset_builds_and_is_reused(tmp_path: Path):
     assert again.endswith("tfrecords")
 
 
-def test_cifar10_sample_reads_with_our_feature_types():
-    sample = SHARED / "cifar10-sample"
-    if not sample.is_dir():
-        pytest.skip(f"{sample} is absent")
+def test_cifar10_sample_reads_with_our_feature_types(shared_data: Path):
+    sample = shared_data / "cifar10-sample"
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([], tf.int64),
             "id": tf.io.FixedLenFeature([], tf.string)}

@@ -11,12 +11,10 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from bench import transfer_vs_scratch
 from components import model as model_lib
-from components.training_config import TrainingConfig
 from components.backbones import get_backbone
-
-from bench import transfer_vs_scratch  # not bench/ on sys.path: bench/serving.py would
-#                                        shadow the serving package for later test modules
+from components.training_config import TrainingConfig
 
 CFG = TrainingConfig(label_names=("a", "b", "c"), head_units=8, dropout=0.0, image_size=32)
 

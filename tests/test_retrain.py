@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_runs import REPO, graft
+from pipeline_runs import CLASSES, FAST, PNG_SIZE, REPO, graft
 
-CLASSES = 3
-PNG_SIZE = 32
-COMMON = ["--beam-mode", "in_memory", "--image-size", 48, "--epochs", 5,
-          "--fine-tune-epochs", 0, "--batch-size", 16, "--model-name", "digits",
-          "--min-accuracy", 0.6]
+pytestmark = pytest.mark.e2e
+
+COMMON = FAST + ["--epochs", 5, "--fine-tune-epochs", 0, "--min-accuracy", 0.6]
 
 
 def write_shuffled_span(data: Path, source_span: int, span: int, seed: int = 7) -> None:

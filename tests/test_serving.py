@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 import toy_model
+from conftest import SHARED_DATA
+from pipeline_runs import REPO
 from serving import model_store, protos
-
-REPO = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.5
 MAX_PIXELS = 1_000_000
 MODEL = "toy"
@@ -211,7 +211,7 @@ def test_predict_cli_json_matches_in_process_model(server, tmp_path, shared_data
 @pytest.fixture
 def shared_data_optional():
     """Two real flower JPEGs when ../shared/data is present, else nothing."""
-    root = REPO.parent / "shared" / "data" / "flowers-dev"
+    root = SHARED_DATA / "flowers-dev"
     if not root.is_dir():
         return []
     from PIL import Image
