@@ -131,7 +131,7 @@ def component_seconds(metadata_path) -> dict:
 
 def trainer_summary(log_text: str) -> dict:
     """The training summary the Trainer prints as `graft trainer: {json}`."""
-    line = next(l for l in log_text.splitlines() if l.startswith("graft trainer: {"))
+    line = next(x for x in log_text.splitlines() if x.startswith("graft trainer: {"))
     return json.loads(line[len("graft trainer: "):])
 
 

@@ -53,8 +53,9 @@ def load_images(count: int) -> list[tuple[str, bytes]]:
 
 
 def start_server(base: str, name: str, port: int, log_path: str):
-    from serving import protos
     import grpc
+
+    from serving import protos
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
@@ -84,6 +85,7 @@ def start_server(base: str, name: str, port: int, log_path: str):
 
 def run_clients(port: int, requests: list, clients: int, seconds: float) -> dict:
     import grpc
+
     from serving import protos
     apis = protos.load_apis()
     latencies: list[list[float]] = [[] for _ in range(clients)]

@@ -14,8 +14,7 @@ import dataclasses
 import os
 from typing import Iterable
 
-from components.training_config import (DEFAULT_BACKBONE, RECIPES, TrainingConfig,
-                                         config_field)
+from components.training_config import DEFAULT_BACKBONE, RECIPES, TrainingConfig, config_field
 
 DEFAULT_OUTPUT_DIR = "graft-output"
 DEFAULT_MODEL_NAME = "graft"

@@ -54,9 +54,14 @@ def load_apis() -> types.SimpleNamespace:
     try:
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
         from tensorflow.core.protobuf import meta_graph_pb2
-        from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                             model_service_pb2_grpc, predict_pb2,
-                                             prediction_log_pb2, prediction_service_pb2_grpc)
+        from tensorflow_serving.apis import (
+            get_model_metadata_pb2,
+            get_model_status_pb2,
+            model_service_pb2_grpc,
+            predict_pb2,
+            prediction_log_pb2,
+            prediction_service_pb2_grpc,
+        )
     finally:
         if stub is not None and sys.modules.get("tensorflow") is stub:
             del sys.modules["tensorflow"]

@@ -29,8 +29,7 @@ from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 
-from serving import predict as predict_lib  # noqa: E402
-from serving import protos  # noqa: E402
+from serving import predict as predict_lib, protos  # noqa: E402
 from serving.model_store import ModelStore  # noqa: E402
 
 DEFAULT_MAX_BATCH = 128

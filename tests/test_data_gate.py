@@ -21,7 +21,8 @@ def _stats(n=10, image_present=10, label_min=0, label_max=2, with_image=True):
 
 
 def test_clean_split_has_no_problems():
-    assert problems_in_split("train", _stats(), anomalies_pb2.Anomalies(), "image", "label", 3) == []
+    assert problems_in_split("train", _stats(), anomalies_pb2.Anomalies(), "image", "label",
+                             3) == []
 
 
 def test_label_outside_vocabulary_is_named():

@@ -121,10 +121,10 @@ def test_corrupt_images_named_in_summary_and_report(killed):
 
 def test_corrupt_images_do_not_hurt_the_model(killed, data):
     import tensorflow as tf
+    from test_pipeline_e2e import held_back_images
 
     from pipeline.reporting import mlmd as mlmd_query
     from pipeline.reporting.facts import eval_metrics
-    from test_pipeline_e2e import held_back_images
 
     store = mlmd_query.open_store(str(killed["out"] / "metadata.sqlite"))
     evaluator = mlmd_query.node_executions(store)["Evaluator"]

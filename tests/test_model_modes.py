@@ -39,8 +39,8 @@ def test_from_scratch_trains_every_layer_and_batchnorm_statistics():
     model, base, _ = model_lib.build(get_backbone("efficientnet_lite0"),
                                   dataclasses.replace(CFG, weights="none"))
     assert base.trainable
-    bns = [l for l in base.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
-    assert bns and all(l.momentum == model_lib.SCRATCH_BN_MOMENTUM for l in bns)
+    bns = [layer for layer in base.layers if isinstance(layer, tf_keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == model_lib.SCRATCH_BN_MOMENTUM for layer in bns)
     assert len(model.trainable_weights) > len(base.trainable_weights) > 100
     before = _bn_moving_means(base)
     _fit_one_epoch(model)
@@ -109,6 +109,7 @@ def test_subsets_are_stratified_and_nested(tmp_path):
     small = transfer_vs_scratch.subset_data(full, tmp_path / "s", 0.2)
     big = transfer_vs_scratch.subset_data(full, tmp_path / "b", 0.5)
     assert small == {"train_images": 8, "total_train_images": 40}
+    assert big == {"train_images": 20, "total_train_images": 40}
     s, b = read(tmp_path / "s"), read(tmp_path / "b")
     assert sorted(lbl for _, lbl in s) == [0] * 6 + [1] * 2
     assert len(b) == 20 and s <= b

@@ -189,7 +189,8 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     execs = mlmd_query.node_executions(store, first)
     graph_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["Transform"])
                      if "transform_graph" in a.uri)
-    examples_uri = next(a.uri for a in mlmd_query.output_artifacts(store, execs["ImportExampleGen"]))
+    examples_uri = next(a.uri for a in
+                        mlmd_query.output_artifacts(store, execs["ImportExampleGen"]))
     cfg = TrainingConfig(label_names=tuple((runs["data"] / "labels.txt").read_text().split()))
     tft_out = tft.TFTransformOutput(graph_uri)
     # One shard, so that the dataset's record order is the file's order.

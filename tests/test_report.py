@@ -12,8 +12,7 @@ import subprocess
 import pytest
 
 from pipeline import configs
-from pipeline.reporting import facts, report, summary
-from pipeline.reporting import html as report_html
+from pipeline.reporting import facts, html as report_html, report, summary
 
 NAMES = ["cat", "dog", "fish"]
 

@@ -26,10 +26,12 @@ import grpc
 import numpy as np
 import pytest
 
+from serving import model_store, protos
+
 import toy_model
 from conftest import SHARED_DATA
 from pipeline_runs import REPO
-from serving import model_store, protos
+
 POLL_SECONDS = 0.5
 MAX_PIXELS = 1_000_000
 MODEL = "toy"

@@ -80,9 +80,9 @@ def test_fine_tune_fraction_counts_layers_the_seeds_way(name, layers, fifth, all
     trainable = model_lib.unfreeze_top(base, TrainingConfig(fine_tune_fraction=0.2)
                                        .fine_tune_count(layers))
     assert 0 < trainable <= fifth
-    assert not any(l.trainable for l in base.layers[:layers - fifth])
-    assert not any(isinstance(l, tf_keras.layers.BatchNormalization) and l.trainable
-                   for l in base.layers)
+    assert not any(layer.trainable for layer in base.layers[:layers - fifth])
+    assert not any(isinstance(layer, tf_keras.layers.BatchNormalization) and layer.trainable
+                   for layer in base.layers)
 
 
 def test_label_smoothing_loss():

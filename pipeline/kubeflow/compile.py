@@ -53,7 +53,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=k.gpus,
                    help="Trainer GPUs, 0 for none (default %(default)s)")
     p.add_argument("--gpu-type", default=k.gpu_type,
-                   help="accelerator resource name (default %(default)s; Vertex: NVIDIA_TESLA_T4...)")
+                   help="accelerator resource name (default %(default)s; Vertex: "
+                   "NVIDIA_TESLA_T4...)")
     p.add_argument("--trainer-cpu", type=float, default=k.trainer_cpu)
     p.add_argument("--trainer-memory", type=float, default=k.trainer_memory_gb, help="GB")
     p.add_argument("--cpu", type=float, default=k.cpu, help="CPU of the other components")

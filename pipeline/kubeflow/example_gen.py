@@ -15,10 +15,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tfx.dsl.io import fileio
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as executor
     from tfx.orchestration.kubeflow.v2.file_based_example_gen import driver
-
-    from tfx.dsl.io import fileio
 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = driver._parse_flags(argv)  # pylint: disable=protected-access

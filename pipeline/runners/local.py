@@ -72,6 +72,7 @@ def prepare_data(data: str, output_dir: str) -> tuple[str, bool]:
 def run(config: configs.PipelineConfig) -> None:
     """Compile and run the pipeline in this process."""
     from tfx import v1 as tfx
+
     from pipeline.pipeline import create_pipeline
     os.makedirs(config.output_dir, exist_ok=True)
     pipeline = create_pipeline(
