@@ -46,6 +46,9 @@ class PipelineConfig:
     eval_pattern: str = config_field("span-{SPAN}/eval/*", "eval files under --data")
     # Evaluation and push.
     min_accuracy: float = config_field(0.5, "blessing floor on eval accuracy")
+    max_regression: float = config_field(
+        0.0, "how much lower (accuracy, 0.01 = 1 point) than the last blessed model's a new "
+        "model may score on the same eval split and still be blessed")
     model_name: str = config_field(DEFAULT_MODEL_NAME, "served model name")
     # Where things go (owned by the runner).
     pipeline_name: str = "graft"

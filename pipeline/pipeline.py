@@ -24,14 +24,15 @@ TRAINER_MODULE = os.path.join(COMPONENTS_DIR, "trainer.py")
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """Accuracy floor AND not worse than the baseline; per-class recall; confusion matrix."""
+    """Accuracy floor AND not worse than the baseline by more than max_regression; per-class
+    recall; confusion matrix."""
     accuracy = tfma.MetricConfig(
         class_name="SparseCategoricalAccuracy",
         threshold=tfma.MetricThreshold(
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.min_accuracy}),
             change_threshold=tfma.GenericChangeThreshold(
                 direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                absolute={"value": -1e-10})))
+                absolute={"value": -config.max_regression - 1e-10})))
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name="serve_tf_examples",

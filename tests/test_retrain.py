@@ -26,7 +26,11 @@ from pipeline_runs import CLASSES, FAST, PNG_SIZE, REPO, graft
 
 pytestmark = pytest.mark.e2e
 
-COMMON = FAST + ["--epochs", 5, "--fine-tune-epochs", 0, "--min-accuracy", 0.6]
+# Span 3's eval split shares images with span 1's training split, so the span-1 baseline scores
+# high on it: a tolerance of 3 of ~30 images keeps "a model trained on more data is pushed"
+# from hanging on one image.
+COMMON = FAST + ["--epochs", 5, "--fine-tune-epochs", 0, "--min-accuracy", 0.6,
+                 "--max-regression", 0.1]
 
 
 def write_shuffled_span(data: Path, source_span: int, span: int, seed: int = 7) -> None:

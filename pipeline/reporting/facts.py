@@ -211,6 +211,16 @@ def confusion_png(matrix: list, names: list) -> bytes:
     return buf.getvalue()
 
 
+def baseline_rule(max_regression: float) -> tuple[str, str]:
+    """The "compared with the last blessed model" half of the blessing rule in words: (what a
+    blessed model met, what a refused one may have missed)."""
+    if not max_regression:
+        return "not worse than the last blessed model", "worse than the last blessed model"
+    points = "%.3g points" % (100 * max_regression)
+    return ("at most %s below the last blessed model" % points,
+            "more than %s below the last blessed model" % points)
+
+
 def blessing_facts(blessed, config, evaluation: dict) -> dict:
     if blessed is None:
         return {}
@@ -218,13 +228,13 @@ def blessing_facts(blessed, config, evaluation: dict) -> dict:
     if blessed:
         reason = "eval accuracy %s >= the floor %.3f and %s" % (
             "%.4f" % acc if acc is not None else "?", config.min_accuracy,
-            "not worse than the last blessed model" if evaluation.get("model") == "candidate"
+            baseline_rule(config.max_regression)[0] if evaluation.get("model") == "candidate"
             else "no earlier blessed model to compare with")
     elif evaluation.get("failures"):
         reason = "; ".join(evaluation["failures"])
     else:
-        reason = ("eval accuracy below %.3f or worse than the last blessed model"
-                  % config.min_accuracy)
+        reason = ("eval accuracy below %.3f or %s"
+                  % (config.min_accuracy, baseline_rule(config.max_regression)[1]))
     return {"blessed": bool(blessed), "reason": reason}
 
 
@@ -282,7 +292,8 @@ def collect(config, seconds: float, failed: BaseException | None = None,
     facts = {"title": "graft run report", "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
              "seconds": seconds, "output_dir": config.output_dir, "data_dir": config.data_dir,
              "backbone": config.training.backbone, "model_name": config.model_name,
-             "min_accuracy": config.min_accuracy, "label_names": label_names,
+             "min_accuracy": config.min_accuracy, "max_regression": config.max_regression,
+             "label_names": label_names,
              "failed": root_message(failed) if failed is not None else None,
              "components": [], "data": {"label_names": label_names, "splits": {}},
              "training": {}, "evaluation": {}, "blessing": {}, "push": {}, "notes": []}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from pipeline.reporting.facts import baseline_rule
+
 
 def format_summary(facts: dict) -> str:
     """The summary of one run's facts (facts.collect())."""
@@ -35,10 +37,10 @@ def format_summary(facts: dict) -> str:
                             "; not kept: no better than phase 1, its weights are used"))
     blessed = facts["blessing"].get("blessed")
     if blessed is not None:
-        why = ("accuracy >= %.3f and not worse than the last blessed model, if any"
-               % facts["min_accuracy"]
+        met, missed = baseline_rule(facts.get("max_regression", 0.0))
+        why = ("accuracy >= %.3f and %s, if any" % (facts["min_accuracy"], met)
                if blessed else
-               "accuracy below %.3f or worse than the last blessed model" % facts["min_accuracy"])
+               "accuracy below %.3f or %s" % (facts["min_accuracy"], missed))
         acc = facts["evaluation"].get("accuracy")
         if acc is not None:
             why = "eval accuracy %.4f: %s" % (acc, why)
