@@ -57,7 +57,7 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
                     metadata_connection_config=None,
                     trainer_platform_config=None,
                     span_window: bool = True, baseline: bool = True) -> tfx.dsl.Pipeline:
-    """The DAG. For Kubeflow (pipeline/kubeflow_runner.py): span_window=False feeds
+    """The DAG. For Kubeflow (pipeline/kubeflow/compile.py): span_window=False feeds
     ExampleGen's latest span straight to Transform, Trainer and Evaluator (the same data when
     num_spans == 1; TFX's KubeflowV2 compiler has no SpanRangeStrategy); baseline=False drops
     the latest-blessed-model resolver (open-source KFP runs no resolver), so the blessing is

@@ -218,7 +218,7 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     assert np.abs(served_probs - in_memory).max() <= 1e-5
 
 
-# --- run report (pipeline/report.py): OUTPUT/report.html of the last run (the floor run) ---
+# --- run report (pipeline/reporting/report.py): OUTPUT/report.html of the last (floor) run ---
 
 def _label_counts(data: Path, split: str) -> dict:
     import tensorflow as tf
