@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--poll-seconds", type=float, default=2.0,
                    help="how often to look for a newly pushed version (default 2)")
-    p.add_argument("--max-image-pixels", type=int, default=40_000_000,
-                   help="reject images larger than this many pixels (default 40M)")
+    from serving import flags as serving_flags
+    serving_flags.add_serve_arguments(p)
     p.add_argument("--tf-serving", action="store_true",
                    help="exec the real tensorflow_model_server (must be on PATH)")
     p.set_defaults(func=_cmd_serve)
@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true", help="one JSON object per line and image")
+    serving_flags.add_predict_arguments(p)
     p.set_defaults(func=_cmd_predict)
 
     _add_kubeflow_parsers(sub)

@@ -11,7 +11,8 @@ probability. Class names come from the signature's `class_names` output (graft m
 it); for a model with only `class_name`, names of other classes are learned from the argmax
 of the other images in the same run, and a class never seen prints as '#INDEX' (JSON null).
 Results are printed after all requests have finished; failures go to stderr as
-'error: FILE: MESSAGE'. Exit status 1 if any failed.
+'error: FILE: MESSAGE'. Exit status 1 if any failed. `--tls-ca PEM` (or `--tls` for the
+system's roots) talks TLS to a `graft serve --tls-cert/--tls-key`.
 """
 from __future__ import annotations
 
@@ -57,6 +58,26 @@ def parse_response(response) -> tuple[list[float], int, str | None, list | None]
     return probs, index, name, all_names
 
 
+def open_channel(server: str, tls: bool = False, ca_file: str | None = None,
+                 server_name: str | None = None):
+    """A gRPC channel to HOST:PORT; TLS if `tls` or `ca_file` (a PEM CA or self-signed
+    certificate to trust instead of the system roots); `server_name` overrides the name the
+    certificate is checked against."""
+    import grpc
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if not (tls or ca_file):
+        return grpc.insecure_channel(server, options=options)
+    root = None
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            root = f.read()
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(server, grpc.ssl_channel_credentials(root_certificates=root),
+                               options=options)
+
+
 def _rpc_message(error) -> str:
     import grpc
     code = error.code() if hasattr(error, "code") else None
@@ -72,9 +93,13 @@ def main(args: argparse.Namespace) -> int:
         print("error: --top-k must be at least 1", file=sys.stderr)
         return 2
     apis = protos.load_apis()
-    channel = grpc.insecure_channel(args.server, options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    try:
+        channel = open_channel(args.server, tls=getattr(args, "tls", False),
+                               ca_file=getattr(args, "tls_ca", None),
+                               server_name=getattr(args, "tls_server_name", None))
+    except OSError as e:
+        print(f"error: cannot read --tls-ca {args.tls_ca}: {e.strerror or e}", file=sys.stderr)
+        return 2
     stub = apis.prediction_service_pb2_grpc.PredictionServiceStub(channel)
     results: list[tuple[str, object]] = []   # (file, (probs, index) | error message)
     names: dict[int, str] = {}

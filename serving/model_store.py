@@ -7,8 +7,11 @@ policy (`latest { num_versions: 1 }`, availability preserving), the highest `num
 complete versions are served: a new version is loaded fully (and warmed up) in the poller
 thread while the old one keeps answering, then swapped in atomically; the old one is unloaded
 only after that. Requests hold a reference to the version they started on, so an unload never
-breaks a request in flight. A version that fails to load is retried on the next polls
-(a few times, or again whenever its saved_model.pb changes) and the previous one stays served.
+breaks a request in flight. A version that fails to load is retried on the next polls (a few
+times), and again whenever any file in its directory changes (size or mtime), so a directory
+that was still being copied (`cp -r` rather than the Pusher's rename) is loaded once it is
+complete; the previous version stays served meanwhile. The load error that GetModelStatus
+reports names the problem without server paths; the server log has the full error.
 """
 from __future__ import annotations
 
@@ -21,7 +24,32 @@ import traceback
 from typing import Callable
 
 _VERSION_DIR = re.compile(r"[0-9]+")
+_ABS_PATH = re.compile(r"(?<![\w.>])/[^\s'\"(),;:]+")
 MAX_LOAD_ATTEMPTS = 3
+
+
+def dir_fingerprint(path: str) -> tuple:
+    """(relative path, size, mtime_ns) of every file under `path`, sorted: changes whenever a
+    file is added, removed, grown or rewritten."""
+    items = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            items.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(items)
+
+
+def public_error(error: BaseException, path: str) -> str:
+    """The first line of a load error, without the server's paths."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    text = text.replace(path, "<version dir>")
+    return _ABS_PATH.sub("<path>", text)[:300]
 
 
 def scan_versions(base_path: str) -> dict[int, str]:
@@ -110,7 +138,7 @@ class ModelStore:
         self._log = log
         self._versions: dict[int, ServedVersion] = {}   # replaced, never mutated (readers
         self._states: dict[int, tuple[str, str]] = {}   # take it without a lock)
-        self._failures: dict[int, tuple[int, float]] = {}
+        self._failures: dict[int, tuple[int, tuple]] = {}   # version -> (attempts, content)
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,12 +165,8 @@ class ModelStore:
     def _should_try(self, version: int, path: str) -> bool:
         if version not in self._failures:
             return True
-        attempts, mtime = self._failures[version]
-        try:
-            current = os.path.getmtime(os.path.join(path, "saved_model.pb"))
-        except OSError:
-            return False
-        if current != mtime:
+        attempts, content = self._failures[version]
+        if dir_fingerprint(path) != content:
             self._failures.pop(version)
             return True
         return attempts < MAX_LOAD_ATTEMPTS
@@ -150,21 +174,18 @@ class ModelStore:
     def _load(self, version: int, path: str) -> bool:
         self._states[version] = ("LOADING", "")
         started = time.monotonic()
+        content = dir_fingerprint(path)
         try:
             served = load_version(path, version)
             if self._warmup is not None:
                 self._warmup(served)
         except Exception as e:  # noqa: BLE001 - keep serving what we have
-            attempts = self._failures.get(version, (0, 0.0))[0] + 1
-            try:
-                mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
-            except OSError:
-                mtime = 0.0
-            self._failures[version] = (attempts, mtime)
-            message = f"{type(e).__name__}: {e}"
-            self._states[version] = ("END", message)
+            attempts = self._failures.get(version, (0, ()))[0] + 1
+            self._failures[version] = (attempts, content)
+            self._states[version] = ("END", f"version {version} failed to load: "
+                                            f"{public_error(e, path)}")
             self._log(f"failed to load model {self.name} version {version} from {path} "
-                      f"(attempt {attempts}): {message}")
+                      f"(attempt {attempts}): {type(e).__name__}: {e}")
             if os.environ.get("GRAFT_SERVE_DEBUG"):
                 traceback.print_exc()
             return False

@@ -2,18 +2,24 @@
 
 Errors are `ServingError(grpc.StatusCode, message)`; the message says what is wrong and, for
 image inputs, which batch element. Order of checks: model / version / signature (NOT_FOUND),
-input keys, dtypes, shapes, batch size (INVALID_ARGUMENT), then each image element's header
-(`serving.images`), then the concrete signature function. If the graph still rejects the batch,
-each element is decoded on its own to name the one at fault.
+input keys, dtypes, declared shapes, batch size, total elements and expanded bytes
+(INVALID_ARGUMENT; counted from the declared shapes, nothing is allocated before), then each
+image's header (`serving.images`: pixels x frames per image and per request, including image
+bytes inside serialized tf.Examples), then admission (`serving.admission`: RESOURCE_EXHAUSTED
+when busy; a cancelled or expired call stops here), then the concrete signature function. If
+the graph still rejects the batch, each element is decoded on its own to name the one at fault.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+from typing import Callable
 
 import grpc
 import numpy as np
 
-from serving import images, protos
+from serving import flags, images, protos
 from serving.model_store import ModelStore, ServedVersion, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -49,8 +55,7 @@ def resolve(store: ModelStore, model_spec) -> ServedVersion:
     served = store.get(version)
     if served is None:
         available = sorted(store.versions())
-        what = (f"no version of model {store.name!r} is loaded yet (none complete under "
-                f"{store.base_path})" if version is None else
+        what = (f"no version of model {store.name!r} is loaded yet" if version is None else
                 f"version {version} of model {store.name!r} is not loaded (available versions: "
                 f"{available})")
         raise ServingError(grpc.StatusCode.NOT_FOUND,
@@ -78,8 +83,130 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def parse_inputs(sig: Signature, request, max_batch: int, max_pixels: int) -> dict:
-    """Request inputs -> {key: numpy array}, validated against the signature."""
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may cost; all checked before any tensor is built or image decoded."""
+    max_batch: int = flags.MAX_BATCH                    # leading dimension of a batched input
+    max_image_pixels: int = flags.MAX_IMAGE_PIXELS      # one image: width x height x frames
+    max_request_pixels: int = flags.MAX_REQUEST_PIXELS  # sum over every image in the request
+    max_elements: int = flags.MAX_TENSOR_ELEMENTS       # sum of the inputs' element counts
+    max_bytes: int = flags.MAX_REQUEST_BYTES            # sum of the inputs' expanded sizes
+
+
+UNLIMITED = Limits(1 << 30, 1 << 62, 1 << 62, 1 << 62, 1 << 62)
+
+
+@dataclasses.dataclass
+class Parsed:
+    """Validated inputs and the decoded pixels (w x h x frames) their images will cost."""
+    arrays: dict
+    pixels: int = 0
+    images: int = 0
+
+
+def _check_shapes(sig: Signature, request, limits: Limits) -> None:
+    """dtype, declared shape, batch size, element count and expanded bytes of every input."""
+    elements = nbytes = 0
+    for key, info in sig.inputs.items():
+        proto = request.inputs[key]
+        if proto.dtype != info.dtype:
+            hint = " (raw encoded image bytes)" if key in IMAGE_INPUT_KEYS else ""
+            raise _bad(f"input '{key}' has dtype {protos.dtype_name(proto.dtype)} but signature "
+                       f"\"{sig.name}\" expects {protos.dtype_name(info.dtype)}{hint}")
+        try:
+            shape, n, size = protos.tensor_cost(proto)
+        except ValueError as e:
+            raise _bad(f"input '{key}': invalid tensor proto: {e}") from None
+        if info.shape is not None:
+            ok = len(shape) == len(info.shape) and all(
+                want < 0 or want == got for want, got in zip(info.shape, shape))
+            if not ok:
+                raise _bad(f"input '{key}' has shape {_shape_text(shape)} but signature "
+                           f"\"{sig.name}\" expects {_shape_text(info.shape)}")
+            if info.shape and info.shape[0] < 0:
+                batch = shape[0]
+                if batch == 0:
+                    raise _bad(f"empty batch: input '{key}' has 0 elements; send at least one")
+                if batch > limits.max_batch:
+                    raise _bad(f"batch of {batch} elements in input '{key}' is larger than the "
+                               f"server's maximum batch size of {limits.max_batch}; split it")
+        elements += n
+        nbytes += size
+        if elements > limits.max_elements:
+            raise _bad(f"input '{key}' has shape {_shape_text(shape)}: the request's inputs "
+                       f"hold {elements} elements, over the server limit of "
+                       f"{limits.max_elements} (--max-tensor-elements)")
+        if nbytes > limits.max_bytes:
+            raise _bad(f"input '{key}' has shape {_shape_text(shape)}: the request's inputs "
+                       f"expand to {nbytes} bytes, over the server limit of {limits.max_bytes} "
+                       f"bytes (--max-request-bytes)")
+
+
+def _example_images(data: bytes, example_cls):
+    """(feature name, value index, bytes) of every image-looking value in a serialized
+    tf.Example; nothing if `data` does not parse as one."""
+    try:
+        example = example_cls.FromString(data)
+    except Exception:  # noqa: BLE001 - not an Example: the graph's parser rejects it
+        return
+    for name, feature in example.features.feature.items():
+        if feature.WhichOneof("kind") != "bytes_list":
+            continue
+        for j, value in enumerate(feature.bytes_list.value):
+            if images.sniff(value):
+                yield name, j, value
+
+
+def _check_images(sig: Signature, arrays: dict, limits: Limits) -> tuple[int, int]:
+    """Header-check every element that can reach an image decoder; (pixels, images).
+
+    `image_bytes` elements must all be images. Any other DT_STRING input is checked where it
+    holds image bytes: elements that start like an image, and the image-looking bytes values
+    inside elements that are serialized tf.Examples (what `serve_tf_examples` and
+    `transform_features` parse and decode).
+    """
+    example_cls = protos.load_apis().example_pb2.Example
+    pixels = count = 0
+
+    def add(info: images.ImageInfo, key: str, where: str) -> None:
+        nonlocal pixels, count
+        pixels += info.pixels
+        count += 1
+        if pixels > limits.max_request_pixels:
+            raise _bad(f"input '{key}': {where}: the request's images decode to {pixels} "
+                       f"pixels (width x height x frames) so far, over the server limit of "
+                       f"{limits.max_request_pixels} per request (--max-request-pixels)")
+        if count > 4 * limits.max_batch:
+            raise _bad(f"input '{key}': {where}: more than {4 * limits.max_batch} images in "
+                       f"one request")
+
+    for key, array in arrays.items():
+        if sig.inputs[key].dtype != DT_STRING:
+            continue
+        strict = key in IMAGE_INPUT_KEYS
+        for i, data in enumerate(array.ravel()):
+            data = bytes(data)
+            try:
+                if strict or images.sniff(data):
+                    add(images.check_image(data, i, limits.max_image_pixels), key,
+                        f"batch element {i}")
+                    continue
+                for name, j, value in _example_images(data, example_cls):
+                    where = f"batch element {i}: tf.Example feature '{name}' value {j}"
+                    add(images.check_image(value, i, limits.max_image_pixels, where=where),
+                        key, where)
+            except images.BadImage as e:
+                raise _bad(f"input '{key}': {e}") from None
+    return pixels, count
+
+
+def parse_inputs(sig: Signature, request, limits: Limits) -> Parsed:
+    """Request inputs -> validated numpy arrays and their image cost.
+
+    Order: input keys; per input dtype, declared shape, batch size; then the request's total
+    element count and expanded bytes (all from the declared shapes, nothing allocated); then
+    the arrays; then every image element's header (pixels x frames, per image and summed).
+    """
     sent, expected = set(request.inputs), set(sig.inputs)
     if sent != expected:
         parts = []
@@ -89,39 +216,15 @@ def parse_inputs(sig: Signature, request, max_batch: int, max_pixels: int) -> di
             parts.append(f"missing input key(s) {sorted(expected - sent)}")
         raise _bad(f"{'; '.join(parts)}: signature \"{sig.name}\" takes exactly "
                    f"{sorted(expected)}")
+    _check_shapes(sig, request, limits)
     arrays = {}
-    for key, info in sig.inputs.items():
-        proto = request.inputs[key]
-        if proto.dtype != info.dtype:
-            hint = " (raw encoded image bytes)" if key in IMAGE_INPUT_KEYS else ""
-            raise _bad(f"input '{key}' has dtype {protos.dtype_name(proto.dtype)} but signature "
-                       f"\"{sig.name}\" expects {protos.dtype_name(info.dtype)}{hint}")
+    for key in sig.inputs:
         try:
-            array = protos.to_ndarray(proto)
+            arrays[key] = protos.to_ndarray(request.inputs[key], max_elements=limits.max_elements)
         except ValueError as e:
             raise _bad(f"input '{key}': invalid tensor proto: {e}") from None
-        if info.shape is not None:
-            ok = len(array.shape) == len(info.shape) and all(
-                want < 0 or want == got for want, got in zip(info.shape, array.shape))
-            if not ok:
-                raise _bad(f"input '{key}' has shape {_shape_text(array.shape)} but signature "
-                           f"\"{sig.name}\" expects {_shape_text(info.shape)}")
-            if info.shape and info.shape[0] < 0:
-                batch = array.shape[0]
-                if batch == 0:
-                    raise _bad(f"empty batch: input '{key}' has 0 elements; send at least one")
-                if batch > max_batch:
-                    raise _bad(f"batch of {batch} elements in input '{key}' is larger than the "
-                               f"server's maximum batch size of {max_batch}; split it")
-        arrays[key] = array
-    for key, array in arrays.items():
-        if key in IMAGE_INPUT_KEYS and sig.inputs[key].dtype == DT_STRING:
-            for i, data in enumerate(array.ravel()):
-                try:
-                    images.check_image(data, i, max_pixels)
-                except images.BadImage as e:
-                    raise _bad(f"input '{key}': {e}") from None
-    return arrays
+    pixels, count = _check_images(sig, arrays, limits)
+    return Parsed(arrays, pixels, count)
 
 
 def _grpc_code(tf_error) -> grpc.StatusCode:
@@ -149,16 +252,21 @@ def _diagnose(arrays: dict) -> str | None:
     return None
 
 
-def run(served: ServedVersion, sig: Signature, arrays: dict, output_filter=()) -> dict:
-    """Call the concrete signature function; {output key: numpy array}."""
-    import tensorflow as tf
-
-    from components.image_ops import tf_error_text
+def _wanted_outputs(sig: Signature, output_filter) -> list[str]:
     wanted = list(output_filter) or list(sig.outputs)
     unknown = [k for k in wanted if k not in sig.outputs]
     if unknown:
         raise _bad(f"output tensor alias not found in signature: {unknown[0]} (signature "
                    f"\"{sig.name}\" has outputs {sorted(sig.outputs)})")
+    return wanted
+
+
+def run(served: ServedVersion, sig: Signature, arrays: dict, output_filter=()) -> dict:
+    """Call the concrete signature function; {output key: numpy array}."""
+    import tensorflow as tf
+
+    from components.image_ops import tf_error_text
+    wanted = _wanted_outputs(sig, output_filter)
     feeds = {k: tf.constant(v) for k, v in arrays.items()}
     try:
         outputs = sig.fn(**feeds)
@@ -173,13 +281,39 @@ def run(served: ServedVersion, sig: Signature, arrays: dict, output_filter=()) -
     return {k: outputs[k].numpy() for k in wanted}
 
 
-def predict(store: ModelStore, request, max_batch: int, max_pixels: int):
-    """PredictRequest -> PredictResponse (raises ServingError)."""
+_REFUSED = {"busy": grpc.StatusCode.RESOURCE_EXHAUSTED, "cancelled": grpc.StatusCode.CANCELLED,
+            "deadline": grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def predict(store: ModelStore, request, limits: Limits = Limits(), admission=None,
+            alive: Callable[[], bool] = lambda: True,
+            time_remaining: Callable[[], float | None] = lambda: None):
+    """PredictRequest -> PredictResponse (raises ServingError).
+
+    Everything a request will cost is checked first (`parse_inputs`); then it waits for
+    admission (`serving.admission`, if given) and runs only if its caller is still there
+    (`alive()`) and its deadline (`time_remaining()`, seconds) has not passed.
+    """
+    from serving.admission import Refused
     apis = protos.load_apis()
     served = resolve(store, request.model_spec)
     sig = signature_of(served, request.model_spec.signature_name)
-    arrays = parse_inputs(sig, request, max_batch, max_pixels)
-    outputs = run(served, sig, arrays, request.output_filter)
+    parsed = parse_inputs(sig, request, limits)
+    _wanted_outputs(sig, request.output_filter)
+    gate = (admission.slot(parsed.pixels, alive, time_remaining) if admission is not None
+            else contextlib.nullcontext())
+    try:
+        with gate:
+            if not alive():
+                raise ServingError(grpc.StatusCode.CANCELLED,
+                                   "the call was cancelled before the model ran")
+            remaining = time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the call's deadline passed before the model ran")
+            outputs = run(served, sig, parsed.arrays, request.output_filter)
+    except Refused as e:
+        raise ServingError(_REFUSED[e.reason], e.message) from None
     response = apis.predict_pb2.PredictResponse()
     response.model_spec.name = store.name
     response.model_spec.version.value = served.version
@@ -217,8 +351,8 @@ def warmup(served: ServedVersion, max_records: int = 1000) -> None:
                 continue
             request = log.predict_log.request
             sig = signature_of(served, request.model_spec.signature_name)
-            arrays = parse_inputs(sig, request, max_batch=1 << 30, max_pixels=1 << 62)
-            run(served, sig, arrays, request.output_filter)
+            parsed = parse_inputs(sig, request, UNLIMITED)
+            run(served, sig, parsed.arrays, request.output_filter)
         return
     sig = served.signatures.get(DEFAULT_SIGNATURE)
     if sig is None or set(sig.inputs) != {"image_bytes"}:

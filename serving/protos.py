@@ -8,7 +8,10 @@ generated proto modules, then removes it again, so a later real `import tensorfl
 
 The tensor conversions follow TF's TensorProto rules: values in the typed `*_val` field (one
 value broadcast to the whole shape) or packed little-endian in `tensor_content`. Outputs are
-written in the typed fields, as TF Serving's Predict does by default.
+written in the typed fields, as TF Serving's Predict does by default. `tensor_cost` gives a
+proto's element count and expanded size from the declared shape and the values actually sent,
+without materialising anything, so a server can refuse a tiny proto that declares a huge
+shape before `to_ndarray` would broadcast it (which also refuses past its `max_elements`).
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ def load_apis() -> types.SimpleNamespace:
             stub.__path__ = list(spec.submodule_search_locations)
             sys.modules["tensorflow"] = stub
     try:
+        from tensorflow.core.example import example_pb2
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
         from tensorflow.core.protobuf import meta_graph_pb2
         from tensorflow_serving.apis import (
@@ -67,7 +71,7 @@ def load_apis() -> types.SimpleNamespace:
             del sys.modules["tensorflow"]
     _APIS = types.SimpleNamespace(
         tensor_pb2=tensor_pb2, tensor_shape_pb2=tensor_shape_pb2, types_pb2=types_pb2,
-        meta_graph_pb2=meta_graph_pb2, predict_pb2=predict_pb2,
+        meta_graph_pb2=meta_graph_pb2, predict_pb2=predict_pb2, example_pb2=example_pb2,
         get_model_metadata_pb2=get_model_metadata_pb2,
         get_model_status_pb2=get_model_status_pb2, prediction_log_pb2=prediction_log_pb2,
         prediction_service_pb2_grpc=prediction_service_pb2_grpc,
@@ -99,15 +103,38 @@ def make_string_tensor(values: list[bytes]):
     return proto
 
 
-def to_ndarray(proto) -> np.ndarray:
-    """TensorProto -> numpy array; ValueError with a readable reason if it is malformed."""
+def tensor_cost(proto) -> tuple[list[int], int, int]:
+    """(shape, element count, bytes once expanded) of a TensorProto, from its declared shape.
+
+    Counted with Python integers (no overflow) and without building any array: a DT_STRING
+    value broadcast to N elements costs N times its length. ValueError if the dtype is not
+    supported or the shape is not fully defined.
+    """
     if proto.dtype not in _DT:
         raise ValueError(f"unsupported dtype {dtype_name(proto.dtype)}")
     np_type, field = _DT[proto.dtype]
     shape = shape_of(proto)
     if shape is None or any(d < 0 for d in shape):
         raise ValueError("tensor shape must be fully defined")
-    n = int(np.prod(shape, dtype=np.int64))
+    n = 1
+    for d in shape:
+        n *= d
+    if proto.dtype == 7:
+        values = proto.string_val
+        sent = sum(len(v) for v in values)
+        nbytes = sent if len(values) != 1 else n * sent
+    else:
+        nbytes = n * np.dtype(np_type).itemsize
+    return shape, n, nbytes
+
+
+def to_ndarray(proto, max_elements: int = 1 << 26) -> np.ndarray:
+    """TensorProto -> numpy array; ValueError with a readable reason if it is malformed or
+    declares more than `max_elements` elements (checked before anything is allocated)."""
+    shape, n, _ = tensor_cost(proto)
+    np_type, field = _DT[proto.dtype]
+    if n > max_elements:
+        raise ValueError(f"shape {shape} has {n} elements, over the limit of {max_elements}")
     if proto.tensor_content and proto.dtype != 7:
         flat = np.frombuffer(proto.tensor_content, dtype=np.dtype(np_type).newbyteorder("<"))
         if flat.size != n:

@@ -3,12 +3,22 @@
 Implements `tensorflow.serving.PredictionService/Predict`, `.../GetModelMetadata` and
 `tensorflow.serving.ModelService/GetModelStatus` over the versions under --model-base-path
 (see `serving.model_store` for the version policy and hot swap, `serving.predict` for request
-validation). Requests run concurrently on a thread pool, each calling the loaded version's
-concrete signature function (no graph building per request). Binds 127.0.0.1 by default.
+validation and its limits, `serving.admission` for admission control). Requests run
+concurrently on a thread pool, each calling the loaded version's concrete signature function
+(no graph building per request). Binds 127.0.0.1 by default; with --tls-cert/--tls-key the
+port speaks TLS only.
 
-Knobs without a CLI flag (environment): GRAFT_SERVE_MAX_BATCH (default 128),
-GRAFT_SERVE_WORKERS (gRPC worker threads, default 16), GRAFT_SERVE_NUM_VERSIONS (how many of the
-newest versions stay loaded, default 1 like TF Serving).
+Every request's cost is bounded before any work is done (`serving.flags` has the flags and
+their defaults): message size (gRPC refuses larger ones with RESOURCE_EXHAUSTED), element
+count and expanded bytes from the declared shapes, decoded pixels x frames per image and per
+request, at most --max-concurrent-requests calls in the server (more get RESOURCE_EXHAUSTED
+from gRPC at once), at most --max-concurrent-runs of them running the model within a pixel
+budget (the others wait up to --queue-timeout, then RESOURCE_EXHAUSTED), and a call that was
+cancelled or whose deadline passed is dropped before the model runs. Failures the client did
+not cause are INTERNAL with an incident number; the details go to the server log only.
+
+Knob without a CLI flag (environment): GRAFT_SERVE_NUM_VERSIONS (how many of the newest
+versions stay loaded, default 1 like TF Serving).
 
 With --tf-serving the real `tensorflow_model_server` is exec'd instead (same model directory;
 note it binds all interfaces and also serves REST on 8501).
@@ -20,22 +30,45 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+import traceback  # noqa: E402
 from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 
-from serving import predict as predict_lib, protos  # noqa: E402
+from serving import flags, predict as predict_lib, protos  # noqa: E402
+from serving.admission import Admission  # noqa: E402
 from serving.model_store import ModelStore  # noqa: E402
 
-DEFAULT_MAX_BATCH = 128
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+MAX_SEND_BYTES = 256 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    """The per-request limits plus the server-wide admission settings."""
+    request: predict_lib.Limits = predict_lib.Limits()
+    max_concurrent_requests: int = flags.MAX_CONCURRENT_REQUESTS
+    max_concurrent_runs: int = flags.MAX_CONCURRENT_RUNS
+    max_pixels_in_flight: int = flags.MAX_PIXELS_IN_FLIGHT
+    queue_timeout: float = flags.QUEUE_TIMEOUT
+
+
+DEFAULTS = ServerLimits()
+
+
+def limits_from_args(args: argparse.Namespace) -> ServerLimits:
+    request = predict_lib.Limits(
+        max_batch=args.max_batch, max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels, max_elements=args.max_tensor_elements,
+        max_bytes=args.max_request_bytes)
+    return ServerLimits(request, args.max_concurrent_requests, args.max_concurrent_runs,
+                        args.max_pixels_in_flight, args.queue_timeout)
 
 
 def _log(message: str) -> None:
@@ -47,11 +80,24 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+_incidents = itertools.count(1)
+
+
+def _internal(context, what: str):
+    """INTERNAL with an incident number; the exception itself goes to the server log only."""
+    incident = next(_incidents)
+    _log(f"incident {incident}: {what} failed:\n{traceback.format_exc().rstrip()}")
+    context.abort(grpc.StatusCode.INTERNAL,
+                  f"internal server error (incident {incident}); the server log has the details")
+
+
 class _Handlers:
     """The servicer methods; subclassed below into the two generated servicer bases."""
 
-    def __init__(self, store: ModelStore, max_batch: int, max_pixels: int):
-        self.store, self.max_batch, self.max_pixels = store, max_batch, max_pixels
+    def __init__(self, store: ModelStore, limits: ServerLimits):
+        self.store, self.limits = store, limits
+        self.admission = Admission(limits.max_concurrent_runs, limits.max_pixels_in_flight,
+                                   limits.queue_timeout)
 
     @staticmethod
     def _abort(context, error: predict_lib.ServingError):
@@ -59,11 +105,13 @@ class _Handlers:
 
     def Predict(self, request, context):
         try:
-            return predict_lib.predict(self.store, request, self.max_batch, self.max_pixels)
+            return predict_lib.predict(self.store, request, self.limits.request, self.admission,
+                                       alive=context.is_active,
+                                       time_remaining=context.time_remaining)
         except predict_lib.ServingError as e:
             self._abort(context, e)
-        except Exception as e:  # noqa: BLE001 - a server bug must not look like bad input
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        except Exception:  # noqa: BLE001 - a server bug must not look like bad input
+            _internal(context, "Predict")
 
     def GetModelMetadata(self, request, context):
         apis = protos.load_apis()
@@ -107,8 +155,7 @@ class _Handlers:
             states = {spec.version.value: states[spec.version.value]}
         if not states:
             return context.abort(grpc.StatusCode.NOT_FOUND,
-                                 f"Could not find any versions of model {spec.name} under "
-                                 f"{self.store.base_path}")
+                                 f"Could not find any versions of model {spec.name}")
         response = status_pb2.GetModelStatusResponse()
         for version in sorted(states, reverse=True):
             state, error = states[version]
@@ -121,11 +168,14 @@ class _Handlers:
         return response
 
 
-def build_server(store: ModelStore, host: str, port: int, max_batch: int, max_pixels: int,
-                 workers: int):
-    """A started-not grpc.Server with both services; returns (server, bound port)."""
+def build_server(store: ModelStore, host: str, port: int, limits: ServerLimits = DEFAULTS,
+                 tls: tuple[bytes, bytes] | None = None):
+    """A started-not grpc.Server with both services; returns (server, bound port).
+
+    `tls` is (PEM private key, PEM certificate chain): the port then speaks TLS only.
+    """
     apis = protos.load_apis()
-    handlers = _Handlers(store, max_batch, max_pixels)
+    handlers = _Handlers(store, limits)
 
     class PredictionService(apis.prediction_service_pb2_grpc.PredictionServiceServicer):
         Predict = staticmethod(handlers.Predict)
@@ -134,14 +184,20 @@ def build_server(store: ModelStore, host: str, port: int, max_batch: int, max_pi
     class ModelService(apis.model_service_pb2_grpc.ModelServiceServicer):
         GetModelStatus = staticmethod(handlers.GetModelStatus)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
+    options = [("grpc.max_receive_message_length", limits.request.max_bytes),
+               ("grpc.max_send_message_length", MAX_SEND_BYTES)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.max_concurrent_requests,
                                                     thread_name_prefix="grpc"),
-                         options=GRPC_OPTIONS)
+                         options=options,
+                         maximum_concurrent_rpcs=limits.max_concurrent_requests)
     apis.prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(), server)
     apis.model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if tls is not None:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+    else:
+        bound = server.add_insecure_port(address)
     if not bound:
         raise RuntimeError(f"could not bind {address}")
     return server, bound
@@ -179,8 +235,20 @@ def main(args: argparse.Namespace) -> int:
     from PIL import Image
     Image.MAX_IMAGE_PIXELS = None   # --max-image-pixels is checked on the header instead
 
-    max_batch = _env_int("GRAFT_SERVE_MAX_BATCH", DEFAULT_MAX_BATCH)
-    workers = _env_int("GRAFT_SERVE_WORKERS", 16)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    tls = None
+    if args.tls_cert:
+        try:
+            with open(args.tls_key, "rb") as f:
+                key = f.read()
+            with open(args.tls_cert, "rb") as f:
+                tls = (key, f.read())
+        except OSError as e:
+            print(f"error: cannot read the TLS key or certificate: {e}", file=sys.stderr)
+            return 2
+    limits = limits_from_args(args)
     import tensorflow  # noqa: F401  (before the API protos, so they bind to the real package)
 
     store = ModelStore(args.model_name, args.model_base_path,
@@ -190,8 +258,7 @@ def main(args: argparse.Namespace) -> int:
         _log(f"warning: {store.base_path} does not exist yet; waiting for versions to appear")
     store.poll()
     try:
-        server, port = build_server(store, args.host, args.port, max_batch,
-                                    args.max_image_pixels, workers)
+        server, port = build_server(store, args.host, args.port, limits, tls)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -209,7 +276,8 @@ def main(args: argparse.Namespace) -> int:
     store.start_polling(args.poll_seconds)
     current = store.get()
     version = current.version if current else "none (waiting for a version)"
-    _log(f"serving model {args.model_name} version {version} on {args.host}:{port}")
+    _log(f"serving model {args.model_name} version {version} on {args.host}:{port}"
+         f"{' (TLS)' if tls else ''}")
     while not stop.wait(1.0):
         pass
     _log(f"received {received[0] if received else 'stop'}, shutting down")

@@ -1,0 +1,74 @@
+"""Admission control for `graft serve`: how many validated requests run the model at once.
+
+A request is admitted to run only when a run slot is free (`--max-concurrent-runs`) and the
+decoded pixels of the requests already running plus its own stay within the server's pixel
+budget (`--max-pixels-in-flight`), so the memory the image decoders use is bounded across
+concurrent requests, not only per request. A request waits for admission at most
+`--queue-timeout` seconds (and never past its own deadline, nor after its client cancelled);
+otherwise it is refused with RESOURCE_EXHAUSTED. How many requests may wait at all is bounded
+by gRPC itself (`maximum_concurrent_rpcs`, `--max-concurrent-requests`).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Callable
+
+
+class Refused(Exception):
+    """Not admitted; `reason` is 'busy', 'cancelled' or 'deadline'."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Admission:
+    """Run slots and a pixel budget shared by all requests of one server."""
+
+    def __init__(self, max_running: int, max_pixels: int, queue_timeout: float):
+        self.max_running = max(1, max_running)
+        self.max_pixels = max(1, max_pixels)
+        self.queue_timeout = queue_timeout
+        self._running = 0
+        self._pixels = 0
+        self._cond = threading.Condition()
+
+    def _fits(self, pixels: int) -> bool:
+        # A request alone may use the whole budget (its own size is limited per request).
+        return self._running < self.max_running and (
+            self._running == 0 or self._pixels + pixels <= self.max_pixels)
+
+    @contextlib.contextmanager
+    def slot(self, pixels: int, alive: Callable[[], bool] = lambda: True,
+             time_remaining: Callable[[], float | None] = lambda: None):
+        """Hold a run slot and `pixels` of the budget for the duration of the block."""
+        start = time.monotonic()
+        with self._cond:
+            while not self._fits(pixels):
+                if not alive():
+                    raise Refused("cancelled", "the call was cancelled while it waited to run")
+                remaining = time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise Refused("deadline", "the call's deadline passed while it waited "
+                                              "to run")
+                waited = time.monotonic() - start
+                if waited >= self.queue_timeout:
+                    raise Refused("busy", f"server busy: {self._running} requests running, "
+                                          f"none finished within {self.queue_timeout:g} s "
+                                          f"(--queue-timeout); retry later")
+                step = min(0.05, self.queue_timeout - waited)
+                if remaining is not None:
+                    step = min(step, remaining)
+                self._cond.wait(max(step, 0.001))
+            self._running += 1
+            self._pixels += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._pixels -= pixels
+                self._cond.notify_all()

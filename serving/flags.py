@@ -1,0 +1,66 @@
+"""`graft serve` / `graft predict` flags that bound a request's cost or set up TLS, and their
+defaults; light to import (pipeline/cli.py builds its parser from these).
+
+The defaults keep `graft serve` of an EfficientNet-Lite0 model under 1.5 GB RSS under any mix
+of requests (bench/abuse.py measures it): 40 M decoded pixels per image, per request and in
+flight over all running requests together (a 40 M-pixel decode costs about 0.5 GB at its
+peak), 16 MiB per request, at most 4 requests running the model and 32 in the server.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+MAX_BATCH = int(os.environ.get("GRAFT_SERVE_MAX_BATCH") or 128)
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_REQUEST_PIXELS = 40_000_000
+MAX_PIXELS_IN_FLIGHT = 40_000_000
+MAX_REQUEST_BYTES = 16 << 20
+MAX_TENSOR_ELEMENTS = 1 << 22
+MAX_CONCURRENT_REQUESTS = 32
+MAX_CONCURRENT_RUNS = 4
+QUEUE_TIMEOUT = 5.0
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """Limits and TLS flags of `graft serve`."""
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                   help="largest batch (leading dimension) of a request; default "
+                        f"{MAX_BATCH} (GRAFT_SERVE_MAX_BATCH)")
+    p.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="reject an image that decodes to more pixels than this, width x "
+                        f"height x frames (default {MAX_IMAGE_PIXELS:_})")
+    p.add_argument("--max-request-pixels", type=int, default=MAX_REQUEST_PIXELS,
+                   help="reject a request whose images decode to more pixels than this in "
+                        f"total (default {MAX_REQUEST_PIXELS:_})")
+    p.add_argument("--max-pixels-in-flight", type=int, default=MAX_PIXELS_IN_FLIGHT,
+                   help="decoded pixels of all running requests together; a request that "
+                        f"would go over waits (default {MAX_PIXELS_IN_FLIGHT:_})")
+    p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES,
+                   help="largest request message, and largest total size of its inputs once "
+                        f"expanded to their declared shapes (default {MAX_REQUEST_BYTES:_})")
+    p.add_argument("--max-tensor-elements", type=int, default=MAX_TENSOR_ELEMENTS,
+                   help="most elements the inputs of one request may declare "
+                        f"(default {MAX_TENSOR_ELEMENTS:_})")
+    p.add_argument("--max-concurrent-requests", type=int, default=MAX_CONCURRENT_REQUESTS,
+                   help="calls in the server at once, running or waiting; more get "
+                        f"RESOURCE_EXHAUSTED (default {MAX_CONCURRENT_REQUESTS})")
+    p.add_argument("--max-concurrent-runs", type=int, default=MAX_CONCURRENT_RUNS,
+                   help=f"requests running the model at once (default {MAX_CONCURRENT_RUNS})")
+    p.add_argument("--queue-timeout", type=float, default=QUEUE_TIMEOUT,
+                   help="seconds a request may wait to run before RESOURCE_EXHAUSTED "
+                        f"(default {QUEUE_TIMEOUT:g})")
+    p.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="certificate chain: the port speaks TLS only (needs --tls-key)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """TLS flags of `graft predict`."""
+    p.add_argument("--tls", action="store_true",
+                   help="connect with TLS, trusting the system's root certificates")
+    p.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="connect with TLS, trusting this CA (or self-signed) certificate")
+    p.add_argument("--tls-server-name", default=None, metavar="NAME",
+                   help="the name the server's certificate must hold (default: the host of "
+                        "--server)")
