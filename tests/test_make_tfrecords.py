@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -285,3 +286,174 @@ def test_cifar10_sample_reads_with_our_feature_types(shared_data: Path):
             assert 0 <= int(ex["label"]) < 10
             n += 1
         assert n == 128
+
+
+# --- hostile inputs: odd names, links, duplicates, killed writers ---------------------------
+def test_non_utf8_names_are_skipped_with_a_reason(images: Path, tmp_path: Path, capsys):
+    # Names that are not UTF-8 (e.g. Latin-1 from an old archive) aborted the whole conversion
+    # with "UnicodeEncodeError ... surrogates not allowed", naming no file.
+    root = os.fsencode(images)
+    with open(root + b"/cats/caf\xe9.png", "wb") as f:
+        f.write(_encode("RGB", "PNG", seed=7))
+    os.mkdir(root + b"/l\xe9zards")
+    with open(root + b"/l\xe9zards/a.png", "wb") as f:
+        f.write(_encode("RGB", "PNG", seed=8))
+    os.mkdir(root + b"/dogs/\xff")
+    with open(root + b"/dogs/\xff/b.png", "wb") as f:
+        f.write(_encode("RGB", "PNG", seed=9))
+    summary = convert(images, tmp_path / "out", log=lambda m: None)
+    reasons = dict(summary.bad_files)
+    assert reasons == {
+        f"{images}/cats/caf\\xe9.png": "file name is not valid UTF-8",
+        f"{images}/l\\xe9zards": "class folder name is not valid UTF-8 (folder skipped)",
+        f"{images}/dogs/\\xff": "folder name is not valid UTF-8 (folder skipped)"}
+    assert summary.label_names == ["birds", "cats", "dogs"]
+    assert summary.total() == sum(len(f) for f in _dataset_spec().values())
+    make_tfrecords.format_summary(summary).encode("utf-8")  # prints anywhere
+    with pytest.raises(ConversionError, match=r"caf\\xe9\.png: file name is not valid UTF-8"):
+        convert(images, tmp_path / "strict", strict=True, log=lambda m: None)
+    args = argparse.Namespace(images_dir=str(images), out_dir=str(tmp_path / "cli"),
+                              eval_fraction=0.2, span=1, shards=1, strict=False)
+    assert make_tfrecords.main(args) == 0
+    assert "caf\\xe9.png: file name is not valid UTF-8" in capsys.readouterr().out
+
+
+def test_symlinks_leaving_images_dir_are_skipped(images: Path, tmp_path: Path):
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    (secret / "private.png").write_bytes(_encode("RGB", "PNG", seed=11))
+    (images / "cats" / "escape.png").symlink_to(secret / "private.png")
+    (images / "remote").symlink_to(secret, target_is_directory=True)  # a class folder link
+    (images / "dogs" / "linkdir").symlink_to(secret, target_is_directory=True)
+    summary = convert(images, tmp_path / "out", log=lambda m: None)
+    reasons = {Path(p).relative_to(images).as_posix(): r for p, r in summary.bad_files}
+    assert reasons == {
+        "cats/escape.png": "symbolic link leaving IMAGES_DIR (not followed)",
+        "remote": "symbolic link to a folder outside IMAGES_DIR (not followed)",
+        "dogs/linkdir": "symbolic link to a folder (not followed)"}
+    assert summary.label_names == ["birds", "cats", "dogs"]
+    images_written = {r["image"] for recs in _splits(tmp_path / "out").values() for r in recs}
+    assert (secret / "private.png").read_bytes() not in images_written
+
+
+def _name_in(split: str, cls: str, stem: str) -> str:
+    """A file name whose hash puts '<cls>/<name>' into `split` (eval fraction 0.2)."""
+    for i in range(1000):
+        name = f"{stem}{i}.png"
+        if (make_tfrecords.split_fraction(f"{cls}/{name}") < 0.2) == (split == "eval"):
+            return name
+    raise AssertionError("no name found")
+
+
+def test_duplicates_across_classes_and_splits_are_reported(images: Path, tmp_path: Path):
+    photo = _encode("RGB", "PNG", seed=42)
+    train_name, eval_name = _name_in("train", "cats", "dup"), _name_in("eval", "cats", "dup")
+    (images / "cats" / train_name).write_bytes(photo)
+    (images / "cats" / eval_name).write_bytes(photo)  # the same photo in train and in eval
+    (images / "dogs" / "also-a-cat.png").symlink_to(images / "cats" / train_name)
+    logs: list[str] = []
+    summary = convert(images, tmp_path / "out", log=logs.append)
+    assert summary.bad_files == []  # a link inside IMAGES_DIR is followed
+    # The fixture's four GIFs are identical too (one class): two groups.
+    assert [g["files"][0][0] for g in summary.duplicates] == ["birds/anim0.gif",
+                                                              f"cats/{min(train_name, eval_name)}"]
+    gifs, group = summary.duplicates
+    assert len(gifs["files"]) == 4 and gifs["classes"] == ["birds"]
+    assert group["classes"] == ["cats", "dogs"] and group["splits"] == ["train", "eval"]
+    assert {f for f, _, _ in group["files"]} == {
+        f"cats/{train_name}", f"cats/{eval_name}", "dogs/also-a-cat.png"}
+    assert any(m.startswith("warning: identical images under cats and dogs") for m in logs)
+    text = make_tfrecords.format_summary(summary)
+    gif_splits = len(gifs["splits"]) - 1
+    assert (f"duplicate images (identical bytes): 2 groups, 7 files; across classes: 1, "
+            f"across train/eval: {1 + gif_splits}") in text
+    line = next(x for x in text.splitlines() if "also-a-cat" in x)
+    for part in (f"cats/{train_name} (cats, train)", f"cats/{eval_name} (cats, eval)",
+                 "dogs/also-a-cat.png (dogs, train)"):
+        assert part in line
+    record = json.loads((tmp_path / "out" / "span-1" / "conversion.json").read_text())
+    assert record["duplicates"]["across_splits"] == 1 + gif_splits
+    assert record["duplicates"]["examples"][1]["sha256"] == group["sha256"]
+    assert sorted(os.listdir(tmp_path / "out" / "span-1")) == ["conversion.json", "eval",
+                                                               "train"]
+
+
+_KILLED_WRITER = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from pipeline.data import make_tfrecords
+sig = getattr(signal, sys.argv[4])
+
+class Dies:
+    def __init__(self, path): pass
+    def __enter__(self): return self
+    def __exit__(self, *exc): pass
+    def write(self, record): os.kill(os.getpid(), sig)
+
+make_tfrecords._open_writer = Dies
+import argparse
+args = argparse.Namespace(images_dir=sys.argv[2], out_dir=sys.argv[3], eval_fraction=0.2,
+                          span=1, shards=1, strict=False)
+sys.exit(make_tfrecords.main(args))
+"""
+
+
+def _run_writer_that_dies(images: Path, out: Path, sig: str):
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    return subprocess.run([sys.executable, "-c", _KILLED_WRITER, root, str(images), str(out),
+                           sig], capture_output=True, text=True, timeout=120)
+
+
+def test_sigkilled_writer_temporary_is_cleaned_by_the_next_run(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    proc = _run_writer_that_dies(images, out, "SIGKILL")
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    leftovers = [n for n in os.listdir(out) if n.startswith(".tmp-span-1-")]
+    assert len(leftovers) == 1  # SIGKILL: nothing can clean up
+    logs: list[str] = []
+    convert(images, out, log=logs.append)
+    assert sorted(os.listdir(out)) == ["labels.txt", "span-1"]
+    assert any(m.startswith(f"removed {out / leftovers[0]}") for m in logs)
+
+
+def test_sigterm_removes_the_temporary_at_once(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    proc = _run_writer_that_dies(images, out, "SIGTERM")
+    assert proc.returncode == 128 + 15, proc.stderr[-2000:]
+    assert os.listdir(out) == []
+
+
+def test_only_temporaries_of_dead_writers_are_removed(tmp_path: Path):
+    import fcntl
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    live_locked = out / f".tmp-span-1-{dead_pid}"  # pid reused or not: the lock decides
+    (live_locked / "train").mkdir(parents=True)
+    fd = os.open(live_locked / ".writer.lock", os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    stale_locked = out / ".tmp-span-2-1"  # lock file nobody holds
+    stale_locked.mkdir()
+    (stale_locked / ".writer.lock").write_bytes(b"")
+    stale_unlocked = out / f".tmp-span-3-{dead_pid}"  # killed before taking the lock
+    stale_unlocked.mkdir()
+    alive_unlocked = out / f".tmp-span-4-{os.getpid()}"
+    alive_unlocked.mkdir()
+    (out / f".labels.txt.tmp-{dead_pid}").write_text("x\n")
+    (out / "span-1").mkdir()
+    try:
+        removed = make_tfrecords.clean_stale_temporaries(out, log=lambda m: None)
+    finally:
+        os.close(fd)
+    assert sorted(removed) == sorted(str(p) for p in (
+        stale_locked, stale_unlocked, out / f".labels.txt.tmp-{dead_pid}"))
+    assert sorted(os.listdir(out)) == sorted([live_locked.name, alive_unlocked.name, "span-1"])
+    assert make_tfrecords.clean_stale_temporaries(out, log=lambda m: None) == [
+        str(live_locked)]  # its writer let go of the lock

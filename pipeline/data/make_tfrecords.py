@@ -33,6 +33,14 @@ Decisions:
   a single image lands wherever its hash says. Records inside a split are ordered by hash (so
   classes interleave) and dealt round-robin into the shards: output is byte-for-byte
   reproducible.
+- Names and links: a file or folder whose name is not valid UTF-8 (it cannot be stored in a
+  tf.Example's `filename`/`label_text`) is skipped with a reason, as is any file whose real
+  path (symbolic links resolved) lies outside IMAGES_DIR and any symbolic link to a folder
+  inside a class folder (not followed). Symbolic links inside IMAGES_DIR are followed.
+- Duplicates: files with identical bytes (sha256) are kept but reported, per group, with
+  their classes and splits: the same photo under two labels, or in train and in eval (which
+  inflates the eval accuracy that gates a push), is listed in the summary and in
+  span-N/conversion.json (read by the run report).
 - Labels are shared by all spans of one OUT_DIR: if OUT_DIR/labels.txt exists and lists other
   classes, conversion fails (use a new OUT_DIR for a new vocabulary).
 - Atomic output: the span is written to OUT_DIR/.tmp-span-N-<pid> and renamed to span-N at the
@@ -41,7 +49,11 @@ Decisions:
   with a dot on purpose: TFX's span resolution globs `span-*` and captures the span with a
   greedy `.*`, so a leftover `span-1.tmp-123` (after a SIGKILL) makes ImportExampleGen fail
   ("Cannot find span number from .../span-1.tmp-123/..."); `.tmp-span-1-123` is not matched
-  (checked with tfx 1.16). An existing span-N is never overwritten.
+  (checked with tfx 1.16). An existing span-N is never overwritten. The writer holds an
+  flock on .tmp-span-N-<pid>/.writer.lock while it writes; a SIGKILLed writer leaves the
+  directory behind, and the next conversion into OUT_DIR removes every such temporary whose
+  lock is free (or, without a lock file, whose pid is gone). `graft make-tfrecords` turns
+  SIGTERM into a normal exit, so its temporary is removed at once.
 - Uncompressed TFRecords. Measured on flowers-dev (1,000 JPEGs, 58.2 MB; the same 1,000
   serialized records rewritten into 2 shards per split, 2 shared cores, warm cache):
   uncompressed 58.3 MB, written in 0.05-0.14 s, read back with tf.data in 0.05 s;
@@ -51,9 +63,12 @@ Decisions:
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
 import time
 from contextlib import ExitStack
@@ -65,6 +80,10 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 SPLITS = ("train", "eval")
 LABELS_FILE = "labels.txt"
 _SILENTLY_IGNORED = {"thumbs.db", "desktop.ini"}
+SUMMARY_FILE = "conversion.json"  # in span-N/, outside the split folders ExampleGen reads
+_WRITER_LOCK = ".writer.lock"
+_TMP_SPAN = re.compile(r"^\.tmp-span-\d+-(\d+)$")
+_TMP_LABELS = re.compile(r"^\." + re.escape(LABELS_FILE) + r"\.tmp-(\d+)$")
 
 
 class ConversionError(Exception):
@@ -83,6 +102,9 @@ class ConversionSummary:
     span_dir: str
     labels_path: str
     output_files: dict[str, list[str]] = field(default_factory=dict)  # split -> shard paths
+    # Groups of files with identical bytes: {"sha256", "files": [[relpath, class, split]],
+    # "classes": [...], "splits": [...]}, sorted by first path.
+    duplicates: list[dict] = field(default_factory=list)
 
     def total(self, split: str | None = None) -> int:
         return sum(c[s] for c in self.counts.values() for s in SPLITS if split in (None, s))
@@ -95,6 +117,25 @@ class _Item:
     path: Path
     digest: str  # sha256 of the file bytes seen during validation
     split_key: bytes  # sha256 of relpath
+
+
+def printable(path) -> str:
+    """A path as text that prints anywhere: bytes that are not UTF-8 shown as \\xNN."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                      "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir decoded undecodable bytes as surrogates
+        return False
+    return True
+
+
+def _inside(path: Path, root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def split_fraction(relpath: str) -> float:
@@ -138,25 +179,100 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__MACOSX") or name.lower() in _SILENTLY_IGNORED
 
 
-def _scan(images_dir: Path, log: Callable[[str], None]) -> dict[str, list[str]]:
-    """Class folder name -> sorted relative paths of its (non-hidden) files."""
+def _scan(images_dir: Path, log: Callable[[str], None],
+          reject: Callable[[Path, str], None]) -> dict[str, list[str]]:
+    """Class folder name -> sorted relative paths of its (non-hidden) files. Names that are
+    not UTF-8 and links leaving IMAGES_DIR are rejected here (see the module doc)."""
+    root_real = os.path.realpath(images_dir)
     classes: dict[str, list[str]] = {}
     for entry in sorted(images_dir.iterdir(), key=lambda p: p.name):
         if _hidden(entry.name):
             continue
         if not entry.is_dir():
-            log(f"note: ignoring {entry}: not inside a class folder")
+            log(f"note: ignoring {printable(entry)}: not inside a class folder")
+            continue
+        if not _utf8(entry.name):
+            reject(entry, "class folder name is not valid UTF-8 (folder skipped)")
             continue
         if "\n" in entry.name or "\r" in entry.name:
             raise ConversionError(f"class folder name {entry.name!r} contains a line break")
+        if not _inside(entry, root_real):
+            reject(entry, "symbolic link to a folder outside IMAGES_DIR (not followed)")
+            continue
         files = []
         for root, dirs, names in os.walk(entry):
-            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            keep = []
+            for d in sorted(dirs):
+                if _hidden(d):
+                    continue
+                if not _utf8(d):
+                    reject(Path(root, d), "folder name is not valid UTF-8 (folder skipped)")
+                elif os.path.islink(os.path.join(root, d)):
+                    reject(Path(root, d), "symbolic link to a folder (not followed)")
+                else:
+                    keep.append(d)
+            dirs[:] = keep
             for name in names:
-                if not _hidden(name):
-                    files.append(Path(root, name).relative_to(images_dir).as_posix())
+                if _hidden(name):
+                    continue
+                path = Path(root, name)
+                if not _utf8(name):
+                    reject(path, "file name is not valid UTF-8")
+                elif not _inside(path, root_real):
+                    reject(path, "symbolic link leaving IMAGES_DIR (not followed)")
+                else:
+                    files.append(path.relative_to(images_dir).as_posix())
         classes[entry.name] = sorted(files)
     return classes
+
+
+def _writer_alive(tmp: Path, pid: int) -> bool:
+    """Whether the writer of a temporary is still running: its flock on the lock file is
+    held; without a lock file (killed before taking it), whether its pid exists."""
+    try:
+        fd = os.open(tmp / _WRITER_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    except OSError:
+        return True  # cannot tell: leave it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases a lock taken here
+    return False
+
+
+def clean_stale_temporaries(out_dir: Path, log: Callable[[str], None]) -> list[str]:
+    """Remove OUT_DIR's temporaries (.tmp-span-N-<pid>, .labels.txt.tmp-<pid>) whose writer
+    is gone (SIGKILL, power loss); returns their paths."""
+    removed = []
+    for entry in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        span_tmp, labels_tmp = _TMP_SPAN.match(entry.name), _TMP_LABELS.match(entry.name)
+        if span_tmp and entry.is_dir() and not entry.is_symlink():
+            if _writer_alive(entry, int(span_tmp.group(1))):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+        elif labels_tmp and not entry.is_dir():
+            try:
+                os.kill(int(labels_tmp.group(1)), 0)
+                continue
+            except ProcessLookupError:
+                entry.unlink(missing_ok=True)
+            except OSError:
+                continue
+        else:
+            continue
+        removed.append(str(entry))
+        log(f"removed {printable(entry)}: left behind by a conversion that was killed")
+    return removed
 
 
 def _read_labels(path: Path) -> list[str]:
@@ -237,18 +353,19 @@ def convert(images_dir, out_dir, eval_fraction: float = 0.2, span: int = 1, shar
         raise ConversionError(f"{span_dir} already exists; spans are never overwritten: "
                               "use another --span or remove it")
 
-    classes = _scan(images_dir, log)
-    if len(classes) < 2:
-        raise ConversionError(f"need at least 2 class folders in {images_dir}, found "
-                              f"{len(classes)}{': ' + ', '.join(classes) if classes else ''}")
-
+    clean_stale_temporaries(out_dir, log)
     bad: list[tuple[str, str]] = []
 
     def reject(path: Path, reason: str) -> None:
         if strict:
-            raise ConversionError(f"{path}: {reason} (--strict)")
-        bad.append((str(path), reason))
-        log(f"skipped {path}: {reason}")
+            raise ConversionError(f"{printable(path)}: {reason} (--strict)")
+        bad.append((printable(path), reason))
+        log(f"skipped {printable(path)}: {reason}")
+
+    classes = _scan(images_dir, log, reject)
+    if len(classes) < 2:
+        raise ConversionError(f"need at least 2 class folders in {images_dir}, found "
+                              f"{len(classes)}{': ' + ', '.join(classes) if classes else ''}")
 
     items: list[_Item] = []
     n_files = sum(len(v) for v in classes.values())
@@ -298,12 +415,22 @@ def convert(images_dir, out_dir, eval_fraction: float = 0.2, span: int = 1, shar
     label_of = {name: i for i, name in enumerate(label_names)}
 
     splits = _assign_splits(items, eval_fraction)
+    duplicates = _duplicates(splits)
+    for group in duplicates:
+        if len(group["classes"]) > 1 or len(group["splits"]) > 1:
+            log(f"warning: identical images under {' and '.join(group['classes'])} in "
+                f"{' and '.join(group['splits'])}: "
+                f"{', '.join(f for f, _, _ in group['files'])}")
     counts = {name: {s: 0 for s in SPLITS} for name in label_names}
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir / f".tmp-span-{span}-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     outputs: dict[str, list[str]] = {}
+    lock_fd = -1
     try:
+        tmp_dir.mkdir()
+        lock_fd = os.open(tmp_dir / _WRITER_LOCK, os.O_WRONLY | os.O_CREAT, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # held until the end: "this writer is alive"
         for split in SPLITS:
             (tmp_dir / split).mkdir(parents=True)
             names = [f"data-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
@@ -317,10 +444,17 @@ def convert(images_dir, out_dir, eval_fraction: float = 0.2, span: int = 1, shar
                         raise ConversionError(f"{it.path} changed while converting")
                     writers[i % shards].write(_example(data, label_of[it.label_name], it))
                     counts[it.label_name][split] += 1
+        summary = ConversionSummary(label_names=label_names, counts=counts, bad_files=bad,
+                                    empty_classes=empty_classes, out_dir=str(out_dir),
+                                    span_dir=str(span_dir), labels_path=str(labels_path),
+                                    output_files=outputs, duplicates=duplicates)
+        (tmp_dir / SUMMARY_FILE).write_text(json.dumps(_summary_record(summary), indent=1),
+                                            encoding="utf-8")
         if span_dir.exists():
             raise ConversionError(f"{span_dir} appeared while converting; not overwritten")
         if not labels_path.exists():
             _write_atomic(labels_path, "".join(n + "\n" for n in label_names))
+        (tmp_dir / _WRITER_LOCK).unlink()  # the flock stays held on the open file
         try:
             os.rename(tmp_dir, span_dir)
         except OSError as exc:
@@ -328,11 +462,41 @@ def convert(images_dir, out_dir, eval_fraction: float = 0.2, span: int = 1, shar
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+    return summary
 
-    return ConversionSummary(label_names=label_names, counts=counts, bad_files=bad,
-                             empty_classes=empty_classes, out_dir=str(out_dir),
-                             span_dir=str(span_dir), labels_path=str(labels_path),
-                             output_files=outputs)
+
+def _duplicates(splits: dict[str, list[_Item]]) -> list[dict]:
+    """Groups of two or more files with identical bytes, with their classes and splits."""
+    by_digest: dict[str, list[tuple[str, str, str]]] = {}
+    for split in SPLITS:
+        for it in splits[split]:
+            by_digest.setdefault(it.digest, []).append((it.relpath, it.label_name, split))
+    groups = []
+    for digest, files in by_digest.items():
+        if len(files) > 1:
+            files.sort()
+            groups.append({"sha256": digest, "files": [list(f) for f in files],
+                           "classes": sorted({c for _, c, _ in files}),
+                           "splits": [s for s in SPLITS if any(f[2] == s for f in files)]})
+    return sorted(groups, key=lambda g: g["files"][0][0])
+
+
+def duplicate_counts(duplicates: list[dict]) -> dict[str, int]:
+    """{"groups", "files", "across_classes", "across_splits"} for a list of groups."""
+    return {"groups": len(duplicates), "files": sum(len(g["files"]) for g in duplicates),
+            "across_classes": sum(len(g["classes"]) > 1 for g in duplicates),
+            "across_splits": sum(len(g["splits"]) > 1 for g in duplicates)}
+
+
+def _summary_record(summary: ConversionSummary) -> dict:
+    """span-N/conversion.json: what the run report shows about the conversion."""
+    return {"label_names": summary.label_names, "counts": summary.counts,
+            "bad_files": len(summary.bad_files),
+            "duplicates": dict(duplicate_counts(summary.duplicates),
+                               examples=summary.duplicates[:100])}
 
 
 def format_summary(summary: ConversionSummary) -> str:
@@ -351,16 +515,33 @@ def format_summary(summary: ConversionSummary) -> str:
     if summary.empty_classes:
         lines.append(f"class folders without valid images (not labels): "
                      f"{', '.join(summary.empty_classes)}")
+    if summary.duplicates:
+        n = duplicate_counts(summary.duplicates)
+        lines.append(f"duplicate images (identical bytes): {n['groups']} groups, {n['files']} "
+                     f"files; across classes: {n['across_classes']}, across train/eval: "
+                     f"{n['across_splits']}")
+        for g in summary.duplicates[:20]:
+            lines.append("  " + ", ".join(f"{f} ({c}, {s})" for f, c, s in g["files"]))
+        if len(summary.duplicates) > 20:
+            lines.append(f"  ... and {len(summary.duplicates) - 20} more groups (see "
+                         f"{summary.span_dir}/{SUMMARY_FILE})")
+    else:
+        lines.append("duplicate images (identical bytes): none")
     shards = len(summary.output_files.get("train", []))
-    lines.append(f"wrote {summary.span_dir}/{{train,eval}} ({shards} shards each), "
-                 f"labels in {summary.labels_path}")
+    lines.append(f"wrote {printable(summary.span_dir)}/{{train,eval}} ({shards} shards each), "
+                 f"labels in {printable(summary.labels_path)}")
     return "\n".join(lines)
 
 
 def main(args) -> int:
     """`graft make-tfrecords`: 0 on success (bad files skipped are listed), 1 on failure."""
+    import signal
     import sys
 
+    def terminated(signum, _frame):
+        raise SystemExit(128 + signum)  # unwinds: the temporary span is removed
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t0 = time.monotonic()
     try:
@@ -373,6 +554,8 @@ def main(args) -> int:
     except Exception as exc:  # one line, no traceback
         print(f"error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
     print(f"done in {time.monotonic() - t0:.1f} s")
     return 0
