@@ -7,13 +7,53 @@ concurrent requests, not only per request. A request waits for admission at most
 `--queue-timeout` seconds (and never past its own deadline, nor after its client cancelled);
 otherwise it is refused with RESOURCE_EXHAUSTED. How many requests may wait at all is bounded
 by gRPC itself (`maximum_concurrent_rpcs`, `--max-concurrent-requests`).
+
+After a request that decoded many pixels, free heap memory is handed back to the system
+(glibc `malloc_trim`), so one large image does not leave the server's RSS raised for good.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import threading
 import time
 from typing import Callable
+
+TRIM_AFTER_PIXELS = 2_000_000
+_libc = None
+
+
+M_ARENA_MAX = -8
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def release_free_memory() -> None:
+    """glibc malloc_trim(0): return the free parts of the heap to the system (no-op
+    elsewhere)."""
+    if _glibc():
+        _libc.malloc_trim(0)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas (as MALLOC_ARENA_MAX does), before the server's
+    threads start: with one arena per thread, memory freed by one request stays reserved in
+    its thread's arena (bench/abuse.py: about 180 MB less RSS after a flood of large
+    messages). No-op where MALLOC_ARENA_MAX is already set, or without glibc."""
+    import os
+    if os.environ.get("MALLOC_ARENA_MAX") is None and _glibc():
+        _libc.mallopt(M_ARENA_MAX, arenas)
 
 
 class Refused(Exception):
@@ -72,3 +112,5 @@ class Admission:
                 self._running -= 1
                 self._pixels -= pixels
                 self._cond.notify_all()
+            if pixels >= TRIM_AFTER_PIXELS:
+                release_free_memory()

@@ -2,9 +2,11 @@
 defaults; light to import (pipeline/cli.py builds its parser from these).
 
 The defaults keep `graft serve` of an EfficientNet-Lite0 model under 1.5 GB RSS under any mix
-of requests (bench/abuse.py measures it): 40 M decoded pixels per image, per request and in
-flight over all running requests together (a 40 M-pixel decode costs about 0.5 GB at its
-peak), 16 MiB per request, at most 4 requests running the model and 32 in the server.
+of requests (bench/abuse.py measures it): 24 M decoded pixels (a 6000x4000 photo) per image,
+per request and in flight over all running requests together (Lite0's preprocessing holds
+about 15 bytes per decoded pixel at its peak: uint8 decode, float32 cast), 8 MiB per
+request, at most 16 requests in the server (a waiting request holds only its message) and 4
+of them running the model.
 """
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ import argparse
 import os
 
 MAX_BATCH = int(os.environ.get("GRAFT_SERVE_MAX_BATCH") or 128)
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_REQUEST_PIXELS = 40_000_000
-MAX_PIXELS_IN_FLIGHT = 40_000_000
-MAX_REQUEST_BYTES = 16 << 20
+MAX_IMAGE_PIXELS = 24_000_000
+MAX_REQUEST_PIXELS = 24_000_000
+MAX_PIXELS_IN_FLIGHT = 24_000_000
+MAX_REQUEST_BYTES = 8 << 20
 MAX_TENSOR_ELEMENTS = 1 << 22
-MAX_CONCURRENT_REQUESTS = 32
+MAX_CONCURRENT_REQUESTS = 16
 MAX_CONCURRENT_RUNS = 4
 QUEUE_TIMEOUT = 5.0
 

@@ -98,10 +98,26 @@ UNLIMITED = Limits(1 << 30, 1 << 62, 1 << 62, 1 << 62, 1 << 62)
 
 @dataclasses.dataclass
 class Parsed:
-    """Validated inputs and the decoded pixels (w x h x frames) their images will cost."""
-    arrays: dict
+    """A validated request and the decoded pixels (w x h x frames) its images will cost.
+
+    `arrays()` builds the numpy inputs; the server calls it only once the request is admitted
+    to run, so a request waiting for admission holds nothing but its own message.
+    """
+    sig: Signature
+    request: object
+    limits: Limits
     pixels: int = 0
     images: int = 0
+
+    def arrays(self) -> dict:
+        out = {}
+        for key in self.sig.inputs:
+            try:
+                out[key] = protos.to_ndarray(self.request.inputs[key],
+                                             max_elements=self.limits.max_elements)
+            except ValueError as e:
+                raise _bad(f"input '{key}': invalid tensor proto: {e}") from None
+        return out
 
 
 def _check_shapes(sig: Signature, request, limits: Limits) -> None:
@@ -157,21 +173,22 @@ def _example_images(data: bytes, example_cls):
                 yield name, j, value
 
 
-def _check_images(sig: Signature, arrays: dict, limits: Limits) -> tuple[int, int]:
+def _check_images(sig: Signature, request, limits: Limits) -> tuple[int, int]:
     """Header-check every element that can reach an image decoder; (pixels, images).
 
     `image_bytes` elements must all be images. Any other DT_STRING input is checked where it
     holds image bytes: elements that start like an image, and the image-looking bytes values
     inside elements that are serialized tf.Examples (what `serve_tf_examples` and
-    `transform_features` parse and decode).
+    `transform_features` parse and decode). Reads the request proto one value at a time; a
+    value broadcast to N elements is checked once and costs N times.
     """
     example_cls = protos.load_apis().example_pb2.Example
     pixels = count = 0
 
-    def add(info: images.ImageInfo, key: str, where: str) -> None:
+    def add(info: images.ImageInfo, key: str, where: str, times: int) -> None:
         nonlocal pixels, count
-        pixels += info.pixels
-        count += 1
+        pixels += info.pixels * times
+        count += times
         if pixels > limits.max_request_pixels:
             raise _bad(f"input '{key}': {where}: the request's images decode to {pixels} "
                        f"pixels (width x height x frames) so far, over the server limit of "
@@ -180,32 +197,36 @@ def _check_images(sig: Signature, arrays: dict, limits: Limits) -> tuple[int, in
             raise _bad(f"input '{key}': {where}: more than {4 * limits.max_batch} images in "
                        f"one request")
 
-    for key, array in arrays.items():
-        if sig.inputs[key].dtype != DT_STRING:
+    for key, info in sig.inputs.items():
+        if info.dtype != DT_STRING:
             continue
+        proto = request.inputs[key]
+        _, n, _ = protos.tensor_cost(proto)
+        values = proto.string_val
+        times = n if len(values) == 1 else 1
         strict = key in IMAGE_INPUT_KEYS
-        for i, data in enumerate(array.ravel()):
-            data = bytes(data)
+        for i in range(len(values)):
+            data = values[i]
             try:
                 if strict or images.sniff(data):
                     add(images.check_image(data, i, limits.max_image_pixels), key,
-                        f"batch element {i}")
+                        f"batch element {i}", times)
                     continue
                 for name, j, value in _example_images(data, example_cls):
                     where = f"batch element {i}: tf.Example feature '{name}' value {j}"
                     add(images.check_image(value, i, limits.max_image_pixels, where=where),
-                        key, where)
+                        key, where, times)
             except images.BadImage as e:
                 raise _bad(f"input '{key}': {e}") from None
     return pixels, count
 
 
 def parse_inputs(sig: Signature, request, limits: Limits) -> Parsed:
-    """Request inputs -> validated numpy arrays and their image cost.
+    """Validate a request against the signature and the limits; nothing is allocated.
 
     Order: input keys; per input dtype, declared shape, batch size; then the request's total
-    element count and expanded bytes (all from the declared shapes, nothing allocated); then
-    the arrays; then every image element's header (pixels x frames, per image and summed).
+    element count and expanded bytes (all from the declared shapes); then every image's header
+    (pixels x frames, per image and summed over the request).
     """
     sent, expected = set(request.inputs), set(sig.inputs)
     if sent != expected:
@@ -217,14 +238,8 @@ def parse_inputs(sig: Signature, request, limits: Limits) -> Parsed:
         raise _bad(f"{'; '.join(parts)}: signature \"{sig.name}\" takes exactly "
                    f"{sorted(expected)}")
     _check_shapes(sig, request, limits)
-    arrays = {}
-    for key in sig.inputs:
-        try:
-            arrays[key] = protos.to_ndarray(request.inputs[key], max_elements=limits.max_elements)
-        except ValueError as e:
-            raise _bad(f"input '{key}': invalid tensor proto: {e}") from None
-    pixels, count = _check_images(sig, arrays, limits)
-    return Parsed(arrays, pixels, count)
+    pixels, count = _check_images(sig, request, limits)
+    return Parsed(sig, request, limits, pixels, count)
 
 
 def _grpc_code(tf_error) -> grpc.StatusCode:
@@ -311,7 +326,7 @@ def predict(store: ModelStore, request, limits: Limits = Limits(), admission=Non
             if remaining is not None and remaining <= 0:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    "the call's deadline passed before the model ran")
-            outputs = run(served, sig, parsed.arrays, request.output_filter)
+            outputs = run(served, sig, parsed.arrays(), request.output_filter)
     except Refused as e:
         raise ServingError(_REFUSED[e.reason], e.message) from None
     response = apis.predict_pb2.PredictResponse()
@@ -352,7 +367,7 @@ def warmup(served: ServedVersion, max_records: int = 1000) -> None:
             request = log.predict_log.request
             sig = signature_of(served, request.model_spec.signature_name)
             parsed = parse_inputs(sig, request, UNLIMITED)
-            run(served, sig, parsed.arrays, request.output_filter)
+            run(served, sig, parsed.arrays(), request.output_filter)
         return
     sig = served.signatures.get(DEFAULT_SIGNATURE)
     if sig is None or set(sig.inputs) != {"image_bytes"}:

@@ -121,10 +121,23 @@ def tensor_cost(proto) -> tuple[list[int], int, int]:
         n *= d
     if proto.dtype == 7:
         values = proto.string_val
+        count = len(values)
         sent = sum(len(v) for v in values)
-        nbytes = sent if len(values) != 1 else n * sent
+        nbytes = sent if count != 1 else n * sent
     else:
-        nbytes = n * np.dtype(np_type).itemsize
+        itemsize = np.dtype(np_type).itemsize
+        nbytes = n * itemsize
+        if proto.tensor_content:
+            count = len(proto.tensor_content) // itemsize
+            if count != n or len(proto.tensor_content) % itemsize:
+                raise ValueError(f"tensor_content holds {len(proto.tensor_content)} bytes but "
+                                 f"shape {shape} needs {nbytes}")
+            return shape, n, nbytes
+        count = len(getattr(proto, field))
+        if count == 0:
+            return shape, n, nbytes              # all zeros
+    if count != n and not (count == 1 and n > 1):
+        raise ValueError(f"tensor proto has {count} values but shape {shape} needs {n}")
     return shape, n, nbytes
 
 

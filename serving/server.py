@@ -42,7 +42,12 @@ from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 
-from serving import flags, predict as predict_lib, protos  # noqa: E402
+from serving import (  # noqa: E402
+    admission,  # noqa: E402
+    flags,
+    predict as predict_lib,
+    protos,
+)
 from serving.admission import Admission  # noqa: E402
 from serving.model_store import ModelStore  # noqa: E402
 
@@ -249,6 +254,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: cannot read the TLS key or certificate: {e}", file=sys.stderr)
             return 2
     limits = limits_from_args(args)
+    admission.limit_malloc_arenas()
     import tensorflow  # noqa: F401  (before the API protos, so they bind to the real package)
 
     store = ModelStore(args.model_name, args.model_base_path,
