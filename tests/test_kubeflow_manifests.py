@@ -2,7 +2,9 @@
 
 TF Serving 2.16.1 image, gRPC 8500 + REST 8501 on the container and the Service, the config
 file path and poll flag, model `graft` at /models/graft inside the mounted `graft-models` claim,
-readiness on GET /v1/models/graft:8501, resource requests and limits.
+readiness on GET /v1/models/graft:8501, resource requests and limits; a locked-down security
+context (non-root, read-only root file system, no privilege escalation, no capabilities) and
+an image that is pinned by digest or documents how to pin it.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def test_configmap_models_config(docs):
 
 def test_deployment_image_args_ports(docs):
     container = _container(docs)
-    assert container["image"] == "tensorflow/serving:2.16.1"
+    assert re.fullmatch(r"tensorflow/serving:2\.16\.1(@sha256:[0-9a-f]{64})?",
+                        container["image"]), container["image"]
     flags = _flags(container["args"])
     assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
     assert int(flags["file_system_poll_wait_seconds"]) > 0
@@ -109,3 +112,45 @@ def test_service_exposes_both_ports_to_the_pods(docs):
     for port, spec in ports.items():
         target = spec.get("targetPort", port)
         assert container_ports.get(target, target) == port
+
+
+def test_pod_and_container_are_locked_down(docs):
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = _container(docs)
+    pod_sc, sc = pod.get("securityContext", {}), container.get("securityContext", {})
+    assert pod_sc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is True
+    # The image's default user is root: runAsNonRoot alone would stop the pod from starting.
+    assert isinstance(pod_sc.get("runAsUser"), int) and pod_sc["runAsUser"] > 0
+    assert sc.get("readOnlyRootFilesystem") is True
+    assert sc.get("allowPrivilegeEscalation") is False
+    assert sc.get("privileged", False) is False
+    assert sc.get("capabilities", {}).get("drop") == ["ALL"]
+    assert not sc.get("capabilities", {}).get("add")
+    assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert pod.get("automountServiceAccountToken") is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    # A read-only root still needs a writable /tmp: an emptyDir, size-limited.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert volumes[mounts["/tmp"]]["emptyDir"].get("sizeLimit")
+    for path, name in mounts.items():  # everything else is mounted read-only
+        if path != "/tmp":
+            assert next(m for m in container["volumeMounts"] if m["mountPath"] == path)[
+                "readOnly"] is True, path
+
+
+def test_image_pinned_by_digest_or_pinning_documented(docs):
+    image = _container(docs)["image"]
+    kustomization = _one(docs, "Kustomization")
+    pins = [i for i in kustomization.get("images", []) if i.get("name") == "tensorflow/serving"]
+    for pin in pins:
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", pin.get("digest", "")), pin
+    if "@sha256:" in image or pins:
+        return
+    # Tag only: the manifest must say how to pin it (no invented digest).
+    text = (DIR / "deployment.yaml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    assert "tensorflow/serving:2.16.1@sha256:" in comments
+    assert "imagetools inspect tensorflow/serving:2.16.1" in comments
+    assert "images:" in (DIR / "kustomization.yaml").read_text()
