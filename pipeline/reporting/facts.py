@@ -75,6 +75,17 @@ def data_facts(store, executions: dict, label_names) -> dict:
     return out
 
 
+def conversion_duplicates(data_dir: str, span) -> dict | None:
+    """Duplicate images make-tfrecords found in the span (span-N/conversion.json): counts of
+    groups/files with identical bytes, across classes and across train/eval; None without."""
+    path = os.path.join(data_dir or "", "span-%s" % span, "conversion.json")
+    if span is None or not data_dir or not os.path.exists(path):
+        return None
+    found = json.loads(_read(path)).get("duplicates") or {}
+    return {k: int(found.get(k, 0)) for k in ("groups", "files", "across_classes",
+                                              "across_splits")}
+
+
 def read_anomalies(uri: str) -> dict:
     """{split: [description, ...]} from ExampleValidator's Split-*/SchemaDiff.pb."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -320,6 +331,8 @@ def collect(config, seconds: float, failed: BaseException | None = None,
     facts["components"] = section("components", lambda: components(store, executions)) or []
     facts["data"] = section("data", lambda: data_facts(store, executions, label_names)) \
         or facts["data"]
+    facts["data"]["duplicates"] = section("duplicates", lambda: conversion_duplicates(
+        config.data_dir, facts["data"].get("span")))
     facts["data_gate"] = next((c["state"] for c in facts["components"]
                                if c["node"] == "DataGate"), None)
     facts["training"] = section("training", lambda: training_facts(store, executions)) or {}

@@ -178,6 +178,18 @@ def _data(f: dict) -> str:
                      % (len(bad_records), rows, more))
     elif splits:
         parts.append("<p>Bad images: none.</p>")
+    dup = d.get("duplicates")
+    if dup and dup.get("groups"):
+        across = dup.get("across_splits", 0)
+        parts.append('<p%s>Duplicate images (identical bytes, found by make-tfrecords): %d '
+                     "groups, %d files; under two or more classes: %d; in both train and eval: "
+                     "%d%s</p>" % (' class="note"' if across or dup.get("across_classes") else "",
+                                   dup.get("groups", 0), dup.get("files", 0),
+                                   dup.get("across_classes", 0), across,
+                                   " (eval accuracy counts those as unseen photos)"
+                                   if across else ""))
+    elif dup is not None:
+        parts.append("<p>Duplicate images: none.</p>")
     anomalies = d.get("anomalies") or {}
     if anomalies:
         items = "".join("<li>%s: %s</li>" % (_e(s), "none" if not a else
