@@ -226,12 +226,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, path: str, storages: dict[str, _Storage], zip_layout: bool,
-                 max_numel: int):
+                 max_bytes: int):
         super().__init__(file)
         self._path = path
         self._storages = storages
         self._zip = zip_layout
-        self._max_bytes = max_numel  # no storage may hold more bytes than the file has
+        self._max_bytes = max_bytes  # no storage may hold more bytes than the file has
 
     def find_class(self, module: str, name: str):
         try:
