@@ -88,12 +88,12 @@ class Admission:
         start = time.monotonic()
         with self._cond:
             while not self._fits(pixels):
-                if not alive():
-                    raise Refused("cancelled", "the call was cancelled while it waited to run")
                 remaining = time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise Refused("deadline", "the call's deadline passed while it waited "
                                               "to run")
+                if not alive():
+                    raise Refused("cancelled", "the call was cancelled while it waited to run")
                 waited = time.monotonic() - start
                 if waited >= self.queue_timeout:
                     raise Refused("busy", f"server busy: {self._running} requests running, "

@@ -47,8 +47,11 @@ def sniff(data: bytes) -> bool:
             or data[:6] in (b"GIF87a", b"GIF89a") or data[:2] == b"BM")
 
 
-def gif_frames(data: bytes, width: int, height: int) -> int:
-    """Count the frames of a GIF by walking its blocks (no LZW decoding).
+def gif_frames(data: bytes) -> tuple[int, int, int]:
+    """(canvas width, canvas height, frames) of a GIF, by walking its blocks (no LZW decoding).
+
+    The canvas is the logical screen of the header, which is what TensorFlow's decoder
+    allocates per frame (PIL instead grows its size to the largest frame).
 
     A file cut inside a frame counts that frame (TensorFlow's decoder then rejects the file);
     raises BadImage for a file without any frame or a frame that lies outside the canvas
@@ -58,6 +61,9 @@ def gif_frames(data: bytes, width: int, height: int) -> int:
     pos = 13
     if n < pos:
         raise BadImage("truncated GIF (no logical screen descriptor)")
+    width, height = (int.from_bytes(data[k:k + 2], "little") for k in (6, 8))
+    if width == 0 or height == 0:
+        raise BadImage(f"GIF canvas has no pixels ({width}x{height})")
     flags = data[10]
     if flags & 0x80:
         pos += 3 << ((flags & 7) + 1)
@@ -98,7 +104,7 @@ def gif_frames(data: bytes, width: int, height: int) -> int:
             break                                    # giflib stops at an unknown block too
     if frames == 0:
         raise BadImage(f"GIF has no frames ({n} bytes)")
-    return frames
+    return width, height, frames
 
 
 def inspect(data: bytes) -> ImageInfo:
@@ -121,7 +127,9 @@ def inspect(data: bytes) -> ImageInfo:
     if width <= 0 or height <= 0:
         raise BadImage(f"image has no pixels ({width}x{height})")
     kind = SUPPORTED_FORMATS[fmt]
-    frames = gif_frames(data, width, height) if kind == "GIF" else 1
+    frames = 1
+    if kind == "GIF":
+        width, height, frames = gif_frames(data)
     return ImageInfo(kind, width, height, frames)
 
 

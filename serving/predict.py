@@ -319,13 +319,13 @@ def predict(store: ModelStore, request, limits: Limits = Limits(), admission=Non
             else contextlib.nullcontext())
     try:
         with gate:
-            if not alive():
-                raise ServingError(grpc.StatusCode.CANCELLED,
-                                   "the call was cancelled before the model ran")
             remaining = time_remaining()
             if remaining is not None and remaining <= 0:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    "the call's deadline passed before the model ran")
+            if not alive():
+                raise ServingError(grpc.StatusCode.CANCELLED,
+                                   "the call was cancelled before the model ran")
             outputs = run(served, sig, parsed.arrays(), request.output_filter)
     except Refused as e:
         raise ServingError(_REFUSED[e.reason], e.message) from None

@@ -86,6 +86,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 _incidents = itertools.count(1)
+_NOT_RUN = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def _internal(context, what: str):
@@ -114,6 +116,8 @@ class _Handlers:
                                        alive=context.is_active,
                                        time_remaining=context.time_remaining)
         except predict_lib.ServingError as e:
+            if e.code in _NOT_RUN:
+                _log(f"Predict not run ({e.code.name}): {e.message}")
             self._abort(context, e)
         except Exception:  # noqa: BLE001 - a server bug must not look like bad input
             _internal(context, "Predict")

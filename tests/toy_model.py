@@ -8,7 +8,9 @@ A test fixture, kept out of the shipped `serving` package (`import toy_model` in
 element is decoded with components.image_ops.decode_rgb, resized to 16x16, and a fixed linear
 layer over the mean colour (scaled to 0..1) gives softmax probabilities over red/green/blue.
 Variant 1 maps red->red, variant 2 permutes the classes (red->green...), so a hot swap is
-observable. A second signature, `serve_tf_examples`, takes serialized tf.Examples ('image').
+observable. Two more signatures take serialized tf.Examples (feature 'image'), as graft's
+models do: `serve_tf_examples` -> `probabilities`, `transform_features` -> the decoded, resized
+`image_xf` (float32 [None, 16, 16, 3]).
 """
 from __future__ import annotations
 
@@ -41,14 +43,17 @@ def build(export_dir: str, variant: int = 1) -> str:
             self.b = tf.Variable(b, name="b")
             self.names = tf.constant(list(CLASS_NAMES))
 
-        def _probs(self, image_bytes):
+        def _pixels(self, image_bytes):
             def decode(data):
                 image = decode_rgb(data)
                 image.set_shape([None, None, 3])
                 return tf.image.resize(tf.cast(image, tf.float32), [16, 16])
 
-            pixels = tf.map_fn(decode, image_bytes,
-                               fn_output_signature=tf.TensorSpec([16, 16, 3], tf.float32))
+            return tf.map_fn(decode, image_bytes,
+                             fn_output_signature=tf.TensorSpec([16, 16, 3], tf.float32))
+
+        def _probs(self, image_bytes):
+            pixels = self._pixels(image_bytes)
             mean = tf.reduce_mean(pixels, axis=[1, 2]) / 255.0
             return tf.nn.softmax(tf.matmul(mean, self.w) + self.b)
 
@@ -66,10 +71,17 @@ def build(export_dir: str, variant: int = 1) -> str:
                                          {"image": tf.io.FixedLenFeature([], tf.string)})
             return {"probabilities": self._probs(parsed["image"])}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def transform_features(self, serialized):
+            parsed = tf.io.parse_example(serialized,
+                                         {"image": tf.io.FixedLenFeature([], tf.string)})
+            return {"image_xf": self._pixels(parsed["image"])}
+
     module = Toy()
     tf.saved_model.save(module, export_dir, signatures={
         "serving_default": module.serve.get_concrete_function(),
-        "serve_tf_examples": module.serve_examples.get_concrete_function()})
+        "serve_tf_examples": module.serve_examples.get_concrete_function(),
+        "transform_features": module.transform_features.get_concrete_function()})
     return export_dir
 
 
