@@ -1,12 +1,16 @@
-"""Benchmark: the full pipeline on ../shared/data/flowers-dev vs the same training as a plain
-Keras script.
+"""Benchmark: the whole pipeline on an image-folder data set (default ../shared/data/flowers-dev)
+with today's recipe and the new defaults, and the new defaults as a plain Keras script.
 
-Measures validation accuracy after each phase, wall time per component (from ML Metadata),
-peak RSS of the process tree (Beam workers included), Transform output bytes vs the raw
-TFRecords, and the ratio pipeline wall time / plain Keras wall time.
-Writes bench/results/pipeline_flowers.json and prints a markdown table.
+Arms, all on the same `graft make-tfrecords` split, one after another on this machine:
+- `seed, no cache`: `--recipe seed --no-feature-cache` (the original recipe and code path);
+- `seed, cache`: `--recipe seed` (the same recipe, phase 1 on cached features: the cache alone);
+- `default`: every default;
+- `plain Keras, default`: bench/plain_keras.py, the same training function without TFX.
+Per arm: Evaluator accuracy, accuracy after each phase, per-component seconds, the Trainer's
+phases (feature extraction, head, fine-tuning), peak memory of the process tree (PSS).
+Writes bench/results/pipeline_flowers.json (or --out) and prints a markdown table.
 
-    .venv/bin/python -m bench.pipeline_flowers [--work /tmp/graft-bench] [--beam-mode ...]
+    .venv/bin/python -m bench.pipeline_flowers [--data IMAGES_DIR] [--work DIR] [--arms ...]
 """
 from __future__ import annotations
 
@@ -18,55 +22,90 @@ from pathlib import Path
 
 from bench import common
 
+ARMS = {
+    "seed_nocache": ["--recipe", "seed", "--no-feature-cache"],
+    "seed_cache": ["--recipe", "seed"],
+    "default": [],
+}
+
+
+def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> dict:
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    log_path = work / ("%s.log" % name)
+    run = common.run_measured([sys.executable, "-m", "pipeline.cli", "run", "--data", str(data),
+                               "--output", str(out), "--beam-mode", beam_mode,
+                               "--min-accuracy", "0.5", *flags], log_path)
+    log = log_path.read_text()
+    training = common.trainer_summary(log)
+    history = json.loads(next((out / "pipeline_root" / "Trainer" / "model_run").glob(
+        "*/history.json")).read_text())
+    phase2 = history.get("phase2") or {}
+    return {"flags": flags, "pipeline": run,
+            "evaluator_accuracy": common.eval_accuracy(log),
+            "phase1_val_accuracy": training["phase1"].get("val_accuracy"),
+            "phase2_val_accuracy": training["phase2"].get("val_accuracy"),
+            "phase2_kept": training["phase2"].get("kept"),
+            "trainer_phases_seconds": {
+                "feature_cache": (training.get("feature_cache") or {}).get("seconds"),
+                "phase1": round(history["phase1"]["seconds"], 1),
+                "phase2": round(phase2.get("seconds", 0.0), 1),
+                "phase2_epochs": len(phase2.get("loss", [])),
+                "phase2_seconds_per_epoch": round(phase2["seconds"] / len(phase2["loss"]), 1)
+                if phase2.get("loss") else None},
+            "component_seconds": common.component_seconds(out / "metadata.sqlite"),
+            "training": training,
+            "summary": log[log.rfind("graft run summary"):].splitlines()}
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", default="/tmp/graft-bench-flowers")
+    p.add_argument("--data", default=str(common.FLOWERS),
+                   help="class folders (default %(default)s)")
+    p.add_argument("--work", default="/tmp/graft-bench-pipeline")
     p.add_argument("--beam-mode", default="multi_processing")
-    p.add_argument("--skip-plain", action="store_true")
+    p.add_argument("--arms", nargs="+", default=list(ARMS) + ["plain"],
+                   choices=list(ARMS) + ["plain"])
+    p.add_argument("--out", default="pipeline_flowers.json",
+                   help="results file name under bench/results/")
     args = p.parse_args()
-    if not common.FLOWERS.is_dir():
-        print("skipped: %s is absent" % common.FLOWERS)
+    images = Path(args.data)
+    if not images.is_dir():
+        print("skipped: %s is absent" % images)
         return 0
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    py = sys.executable
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "tfrecords"
-    conv = common.run_measured([py, "-m", "pipeline.cli", "make-tfrecords", str(common.FLOWERS),
-                                str(data)], work / "make_tfrecords.log")
-    out = work / "out"
-    run = common.run_measured([py, "-m", "pipeline.cli", "run", "--data", str(data), "--output",
-                               str(out), "--beam-mode", args.beam_mode, "--min-accuracy", "0.8"],
-                              work / "run.log")
-    log = (work / "run.log").read_text()
-    summary_lines = log[log.rfind("graft run summary"):].splitlines()
-    trainer_summary = common.trainer_summary(log)
-    raw_bytes = common.dir_bytes(data / "span-1")
-    transform_dirs = list((out / "pipeline_root").glob("Transform/*/*"))
-    transform_bytes = sum(common.dir_bytes(d) for d in transform_dirs)
-    stats_bytes = sum(common.dir_bytes(d) for d in (out / "pipeline_root").glob("StatisticsGen/*"))
-    result = {
-        "machine": common.machine(),
-        "make_tfrecords_seconds": conv["seconds"],
-        "pipeline": run,
-        "component_seconds": common.component_seconds(out / "metadata.sqlite"),
-        "training": trainer_summary,
-        "summary": summary_lines,
-        "raw_tfrecord_bytes": raw_bytes,
-        "transform_output_bytes": transform_bytes,
-        "transform_to_raw_ratio": round(transform_bytes / raw_bytes, 4),
-        "statistics_bytes": stats_bytes,
-    }
-    if not args.skip_plain:
-        plain = common.run_measured([py, "-m", "bench.plain_keras",
-                                     "--data", str(data), "--json", str(work / "plain.json")],
-                                    work / "plain.log")
-        plain_result = json.loads((work / "plain.json").read_text())
-        result["plain_keras"] = dict(plain, **plain_result)
-        result["pipeline_to_plain_ratio"] = round(run["seconds"] / plain["seconds"], 2)
-    path = common.write_json("pipeline_flowers.json", result)
-    print(json.dumps(result, indent=1))
+    shutil.rmtree(data, ignore_errors=True)
+    conv = common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
+                                str(images), str(data)], work / "make_tfrecords.log")
+    result = {"machine": common.machine(), "data": str(images),
+              "command": " ".join(["python -m bench.pipeline_flowers"] + sys.argv[1:]),
+              "beam_mode": args.beam_mode, "make_tfrecords_seconds": conv["seconds"], "arms": {}}
+    for name in args.arms:
+        if name == "plain":
+            plain = common.run_measured([sys.executable, "-m", "bench.plain_keras", "--data",
+                                         str(data), "--json", str(work / "plain.json")],
+                                        work / "plain.log")
+            result["arms"]["plain"] = dict(plain, **json.loads((work / "plain.json").read_text()))
+        else:
+            result["arms"][name] = run_arm(name, ARMS[name], data, work, args.beam_mode)
+        common.write_json(args.out, result)
+        print("%s done: %s" % (name, json.dumps(result["arms"][name])[:400]), flush=True)
+    arms = result["arms"]
+    if "seed_nocache" in arms and "seed_cache" in arms:
+        result["cache_speedup_trainer"] = round(
+            arms["seed_nocache"]["component_seconds"]["Trainer"]
+            / arms["seed_cache"]["component_seconds"]["Trainer"], 2)
+    if "default" in arms and "plain" in arms:
+        result["pipeline_to_plain_ratio"] = round(
+            arms["default"]["pipeline"]["seconds"] / arms["plain"]["seconds"], 2)
+    if "default" in arms and "seed_nocache" in arms:
+        result["accuracy_gain_points"] = round(100 * (
+            arms["default"]["evaluator_accuracy"] - arms["seed_nocache"]["evaluator_accuracy"]),
+            1)
+    path = common.write_json(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "arms"}, indent=1))
     print("wrote", path)
     return 0
 
