@@ -52,7 +52,7 @@ def load_images(count: int) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in paths[::step][:count]]
 
 
-def start_server(base: str, name: str, port: int, log_path: str):
+def start_server(base: str, name: str, port: int, log_path: str, extra=()):
     import grpc
 
     from serving import protos
@@ -60,7 +60,7 @@ def start_server(base: str, name: str, port: int, log_path: str):
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
                              base, "--model-name", name, "--port", str(port),
-                             "--poll-seconds", "30"],
+                             "--poll-seconds", "30", *extra],
                             cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     apis = protos.load_apis()
     stub = apis.model_service_pb2_grpc.ModelServiceStub(
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="per concurrency level")
     parser.add_argument("--clients", default="1,4,8", help="comma-separated (default 1,4,8)")
     parser.add_argument("--images", type=int, default=32, help="distinct JPEGs to rotate")
+    parser.add_argument("--serve-args", default="",
+                        help="extra `graft serve` flags, e.g. \"--max-concurrent-runs 8\"")
     parser.add_argument("--out", default=str(common.RESULTS / "serving.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = [client_lib.build_request(data, name) for _, data in images]
     port = _free_port()
     log_path = os.path.join(workdir, "server.log")
-    proc, version = start_server(base, name, port, log_path)
+    proc, version = start_server(base, name, port, log_path, args.serve_args.split())
     print(f"graft serve: model {name} version {version} on 127.0.0.1:{port}")
     runs = []
     try:
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": name, "version": version, "model_base_path": base, "toy_model": toy,
         "images": len(images), "image_source": str(common.FLOWERS),
-        "seconds_per_level": args.seconds,
+        "seconds_per_level": args.seconds, "serve_args": args.serve_args,
         "cpu_count": os.cpu_count(), "runs": runs, "in_process": ip,
         "p50_ratio_1_client": ratio,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -238,15 +238,37 @@ def exec_tf_serving(args: argparse.Namespace) -> int:
     return 2  # not reached
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the limit and TLS flags, or None."""
+    for name in ("max_batch", "max_image_pixels", "max_request_pixels", "max_pixels_in_flight",
+                 "max_request_bytes", "max_tensor_elements", "max_concurrent_requests",
+                 "max_concurrent_runs"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1"
+    if args.queue_timeout < 0:
+        return "--queue-timeout must not be negative"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     if args.tf_serving:
+        if args.tls_cert:
+            print("error: --tls-cert/--tls-key are for graft's own server; give "
+                  "tensorflow_model_server its --ssl_config_file instead", file=sys.stderr)
+            return 2
         return exec_tf_serving(args)
     from PIL import Image
     Image.MAX_IMAGE_PIXELS = None   # --max-image-pixels is checked on the header instead
 
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+    problem = _check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    if not args.tls_cert and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: serving plaintext on {args.host}; anyone who can reach the port can "
+             f"read and send requests (give --tls-cert/--tls-key)")
     tls = None
     if args.tls_cert:
         try:

@@ -406,3 +406,16 @@ def test_tls_serve_and_predict(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+    (["--max-concurrent-runs", "0"], "--max-concurrent-runs must be at least 1"),
+    (["--queue-timeout", "-1"], "--queue-timeout must not be negative"),
+    (["--tf-serving", "--tls-cert", "c", "--tls-key", "k"], "--ssl_config_file"),
+])
+def test_bad_serve_flags_exit_2(tmp_path, flags, message):
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
+                          str(tmp_path), "--model-name", MODEL, *flags], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
