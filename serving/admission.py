@@ -1,9 +1,12 @@
 """Admission control for `graft serve`: how many validated requests run the model at once.
 
 A request is admitted to run only when a run slot is free (`--max-concurrent-runs`) and the
-decoded pixels of the requests already running plus its own stay within the server's pixel
-budget (`--max-pixels-in-flight`), so the memory the image decoders use is bounded across
-concurrent requests, not only per request. A request waits for admission at most
+charges of the requests already running plus its own stay within the server's budget
+(`--max-pixels-in-flight`), so memory is bounded across concurrent requests, not only per
+request. A request's charge is its decoded pixels (what the image decoders hold), but at least
+`--pixels-per-element` per batch element (what the model's activations hold per element,
+whatever the image size: about 9 MB for EfficientNet-Lite0 at 224x224, as much as 600 K
+decoded pixels at Lite0's ~15 bytes per pixel). A request waits for admission at most
 `--queue-timeout` seconds (and never past its own deadline, nor after its client cancelled);
 otherwise it is refused with RESOURCE_EXHAUSTED. How many requests may wait at all is bounded
 by gRPC itself (`maximum_concurrent_rpcs`, `--max-concurrent-requests`).
@@ -68,13 +71,19 @@ class Refused(Exception):
 class Admission:
     """Run slots and a pixel budget shared by all requests of one server."""
 
-    def __init__(self, max_running: int, max_pixels: int, queue_timeout: float):
+    def __init__(self, max_running: int, max_pixels: int, queue_timeout: float,
+                 pixels_per_element: int = 0):
         self.max_running = max(1, max_running)
         self.max_pixels = max(1, max_pixels)
+        self.pixels_per_element = max(0, pixels_per_element)
         self.queue_timeout = queue_timeout
         self._running = 0
         self._pixels = 0
         self._cond = threading.Condition()
+
+    def charge(self, pixels: int, batch: int) -> int:
+        """What a request of `batch` elements decoding `pixels` pixels takes of the budget."""
+        return max(pixels, batch * self.pixels_per_element)
 
     def _fits(self, pixels: int) -> bool:
         # A request alone may use the whole budget (its own size is limited per request).

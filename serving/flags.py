@@ -2,24 +2,26 @@
 defaults; light to import (pipeline/cli.py builds its parser from these).
 
 The defaults keep `graft serve` of an EfficientNet-Lite0 model under 1.5 GB RSS under any mix
-of requests (bench/abuse.py measures it): 24 M decoded pixels (a 6000x4000 photo) per image,
+of requests (bench/abuse.py measures it): 16 M decoded pixels (a 16 MP photo) per image,
 per request and in flight over all running requests together (Lite0's preprocessing holds
-about 15 bytes per decoded pixel at its peak: uint8 decode, float32 cast), 8 MiB per
-request, at most 16 requests in the server (a waiting request holds only its message) and 4
-of them running the model.
+about 15 bytes per decoded pixel at its peak: uint8 decode, float32 cast), each batch element
+counted as at least 600 K pixels in flight (Lite0's activations at 224x224, ~9 MB), batches of
+at most 32, 8 MiB per request, at most 12 requests in the server (a waiting request holds
+only its message) and 4 of them running the model.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-MAX_BATCH = int(os.environ.get("GRAFT_SERVE_MAX_BATCH") or 128)
-MAX_IMAGE_PIXELS = 24_000_000
-MAX_REQUEST_PIXELS = 24_000_000
-MAX_PIXELS_IN_FLIGHT = 24_000_000
+MAX_BATCH = int(os.environ.get("GRAFT_SERVE_MAX_BATCH") or 32)
+MAX_IMAGE_PIXELS = 16_000_000
+MAX_REQUEST_PIXELS = 16_000_000
+MAX_PIXELS_IN_FLIGHT = 16_000_000
+PIXELS_PER_ELEMENT = 600_000
 MAX_REQUEST_BYTES = 8 << 20
 MAX_TENSOR_ELEMENTS = 1 << 22
-MAX_CONCURRENT_REQUESTS = 16
+MAX_CONCURRENT_REQUESTS = 12
 MAX_CONCURRENT_RUNS = 4
 QUEUE_TIMEOUT = 5.0
 
@@ -38,6 +40,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels-in-flight", type=int, default=MAX_PIXELS_IN_FLIGHT,
                    help="decoded pixels of all running requests together; a request that "
                         f"would go over waits (default {MAX_PIXELS_IN_FLIGHT:_})")
+    p.add_argument("--pixels-per-element", type=int, default=PIXELS_PER_ELEMENT,
+                   help="what one batch element counts as at least in --max-pixels-in-flight "
+                        "(the model's activations per element; default "
+                        f"{PIXELS_PER_ELEMENT:_}, about Lite0 at 224x224)")
     p.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES,
                    help="largest request message, and largest total size of its inputs once "
                         f"expanded to their declared shapes (default {MAX_REQUEST_BYTES:_})")

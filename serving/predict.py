@@ -108,6 +108,7 @@ class Parsed:
     limits: Limits
     pixels: int = 0
     images: int = 0
+    batch: int = 1
 
     def arrays(self) -> dict:
         out = {}
@@ -120,9 +121,11 @@ class Parsed:
         return out
 
 
-def _check_shapes(sig: Signature, request, limits: Limits) -> None:
-    """dtype, declared shape, batch size, element count and expanded bytes of every input."""
+def _check_shapes(sig: Signature, request, limits: Limits) -> int:
+    """dtype, declared shape, batch size, element count and expanded bytes of every input;
+    returns the batch size (1 for a signature without a batch dimension)."""
     elements = nbytes = 0
+    largest_batch = 1
     for key, info in sig.inputs.items():
         proto = request.inputs[key]
         if proto.dtype != info.dtype:
@@ -146,6 +149,7 @@ def _check_shapes(sig: Signature, request, limits: Limits) -> None:
                 if batch > limits.max_batch:
                     raise _bad(f"batch of {batch} elements in input '{key}' is larger than the "
                                f"server's maximum batch size of {limits.max_batch}; split it")
+                largest_batch = max(largest_batch, batch)
         elements += n
         nbytes += size
         if elements > limits.max_elements:
@@ -156,6 +160,7 @@ def _check_shapes(sig: Signature, request, limits: Limits) -> None:
             raise _bad(f"input '{key}' has shape {_shape_text(shape)}: the request's inputs "
                        f"expand to {nbytes} bytes, over the server limit of {limits.max_bytes} "
                        f"bytes (--max-request-bytes)")
+    return largest_batch
 
 
 def _example_images(data: bytes, example_cls):
@@ -237,9 +242,9 @@ def parse_inputs(sig: Signature, request, limits: Limits) -> Parsed:
             parts.append(f"missing input key(s) {sorted(expected - sent)}")
         raise _bad(f"{'; '.join(parts)}: signature \"{sig.name}\" takes exactly "
                    f"{sorted(expected)}")
-    _check_shapes(sig, request, limits)
+    batch = _check_shapes(sig, request, limits)
     pixels, count = _check_images(sig, request, limits)
-    return Parsed(sig, request, limits, pixels, count)
+    return Parsed(sig, request, limits, pixels, count, batch)
 
 
 def _grpc_code(tf_error) -> grpc.StatusCode:
@@ -315,7 +320,8 @@ def predict(store: ModelStore, request, limits: Limits = Limits(), admission=Non
     sig = signature_of(served, request.model_spec.signature_name)
     parsed = parse_inputs(sig, request, limits)
     _wanted_outputs(sig, request.output_filter)
-    gate = (admission.slot(parsed.pixels, alive, time_remaining) if admission is not None
+    gate = (admission.slot(admission.charge(parsed.pixels, parsed.batch), alive,
+                           time_remaining) if admission is not None
             else contextlib.nullcontext())
     try:
         with gate:

@@ -62,6 +62,7 @@ class ServerLimits:
     max_concurrent_runs: int = flags.MAX_CONCURRENT_RUNS
     max_pixels_in_flight: int = flags.MAX_PIXELS_IN_FLIGHT
     queue_timeout: float = flags.QUEUE_TIMEOUT
+    pixels_per_element: int = flags.PIXELS_PER_ELEMENT
 
 
 DEFAULTS = ServerLimits()
@@ -73,7 +74,7 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
         max_request_pixels=args.max_request_pixels, max_elements=args.max_tensor_elements,
         max_bytes=args.max_request_bytes)
     return ServerLimits(request, args.max_concurrent_requests, args.max_concurrent_runs,
-                        args.max_pixels_in_flight, args.queue_timeout)
+                        args.max_pixels_in_flight, args.queue_timeout, args.pixels_per_element)
 
 
 def _log(message: str) -> None:
@@ -104,7 +105,7 @@ class _Handlers:
     def __init__(self, store: ModelStore, limits: ServerLimits):
         self.store, self.limits = store, limits
         self.admission = Admission(limits.max_concurrent_runs, limits.max_pixels_in_flight,
-                                   limits.queue_timeout)
+                                   limits.queue_timeout, limits.pixels_per_element)
 
     @staticmethod
     def _abort(context, error: predict_lib.ServingError):
@@ -245,6 +246,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
                  "max_concurrent_runs"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1"
+    if args.pixels_per_element < 0:
+        return "--pixels-per-element must not be negative"
     if args.queue_timeout < 0:
         return "--queue-timeout must not be negative"
     if bool(args.tls_cert) != bool(args.tls_key):

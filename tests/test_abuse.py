@@ -153,13 +153,13 @@ def test_declared_shape_element_limit_without_a_batch_dimension(tmp_path):
 
 
 def test_string_broadcast_counts_its_expanded_bytes(server):
-    """One valid 100 KB image broadcast to [128] is 12.8 MB of input, over --max-request-bytes
-    (8 MiB): refused, though the message is 100 KB."""
-    image = _padded_png(100_000)
-    request = abuse.request(MODEL, abuse.string_tensor([image], [128]))
+    """One valid 300 KB image broadcast to [32] is 9.6 MB of input, over --max-request-bytes
+    (8 MiB): refused, though the message is 300 KB."""
+    image = _padded_png(300_000)
+    request = abuse.request(MODEL, abuse.string_tensor([image], [32]))
     status, seconds, details, grew = _attack(server, request)
     assert status == "INVALID_ARGUMENT", details
-    assert "12800000 bytes" in details and "--max-request-bytes" in details
+    assert "9600000 bytes" in details and "--max-request-bytes" in details
     assert seconds < 1.0 and grew < RSS_SLACK
 
 
@@ -171,7 +171,7 @@ def test_oversized_message_is_resource_exhausted(server):
 
 
 # Scaled down from the issue's 20000x20000 PNG (6.8 GB) and 2000x2000 x 400-frame GIF
-# (2.5 GB): each is over the default 24 M decoded pixels, and would cost ~0.5-1 GB decoded.
+# (2.5 GB): each is over the default 16 M decoded pixels, and would cost ~0.5-1 GB decoded.
 _PNG_BOMB = abuse.huge_png(8000, 8000)
 _GIF_BOMB = abuse.animated_gif(1000, 1000, 100)
 
@@ -208,7 +208,7 @@ def test_request_pixels_sum_frames_over_the_batch(server):
     request = abuse.request(MODEL, abuse.string_tensor([gif] * 4))
     status, seconds, details, grew = _attack(server, request)
     assert status == "INVALID_ARGUMENT", details
-    assert "batch element 3" in details and "--max-request-pixels" in details, details
+    assert "batch element 2" in details and "--max-request-pixels" in details, details
     assert seconds < 1.0 and grew < RSS_SLACK
 
 

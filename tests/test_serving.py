@@ -322,7 +322,7 @@ BAD_REQUESTS = {
     "empty_batch": (lambda a: _request(a, []), grpc.StatusCode.INVALID_ARGUMENT,
                     ["empty batch"]),
     "batch_256": (lambda a: _request(a, [_png()] * 256), grpc.StatusCode.INVALID_ARGUMENT,
-                  ["256", "maximum batch size of 128"]),
+                  ["256", "maximum batch size of 32"]),
     "unknown_model": (lambda a: _request(a, [_png()], model="resnet"),
                       grpc.StatusCode.NOT_FOUND, ["resnet"]),
     "unknown_version": (lambda a: _request(a, [_png()], version=99),
