@@ -247,8 +247,11 @@ def test_flood_gets_resource_exhausted_instead_of_an_unbounded_queue(tight):
     statuses = [r[0] for r in results]
     refused = [r for r in results if r[0] == "RESOURCE_EXHAUSTED"]
     assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, results
-    assert len(refused) >= 12, statuses           # at most 4 calls in the server
-    assert max(r[1] for r in refused) < 1.0, [r[1] for r in refused]
+    assert len(refused) >= 8, statuses            # at most 4 calls in the server
+    at_the_door = [r for r in refused if "Concurrent RPC limit" in r[2]]
+    assert at_the_door and max(r[1] for r in at_the_door) < 1.0, refused
+    # the others waited at most --queue-timeout (0.5 s) for a run slot
+    assert max(r[1] for r in refused) < 1.5, [r[1] for r in refused]
     assert abuse.call(tight.stub, _good(), 30)[0] == "OK"
 
 
