@@ -19,7 +19,7 @@ from typing import Callable
 import grpc
 import numpy as np
 
-from serving import flags, images, protos
+from serving import flags, images, model_store, protos
 from serving.model_store import ModelStore, ServedVersion, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -296,8 +296,8 @@ def run(served: ServedVersion, sig: Signature, arrays: dict, output_filter=()) -
             detail = _diagnose(arrays)
             if detail:
                 raise _bad(detail) from None
-        raise ServingError(code, f"model version {served.version} failed: "
-                                 f"{tf_error_text(e)}") from None
+        text = model_store.public_error(Exception(tf_error_text(e)), served.path)
+        raise ServingError(code, f"model version {served.version} failed: {text}") from None
     return {k: outputs[k].numpy() for k in wanted}
 
 
