@@ -24,7 +24,8 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
      - `full`: every base layer trainable, AdamW(weight_decay=1e-4) lr 1e-4, 1-epoch linear
        warm-up then cosine decay to 0, categorical CE with label smoothing 0.1, 6 epochs,
        no early stopping;
-     - `half`: like `full` with the top 50 % of base.layers trainable.
+     - `half`: like `full` with the top 50 % of base.layers trainable;
+     - `full_3e-5`: `full` with a peak learning rate of 3e-5; `full_10`: `full` for 10 epochs.
    Each records the final eval accuracy, flip-TTA accuracy (mean of the probabilities of the
    image and its horizontal flip), the per-epoch val accuracy curve, seconds, s/epoch.
 Results (plus machine and command) are rewritten to bench/results/finetune_recipes.json
@@ -59,7 +60,10 @@ DATASETS = (("mri-dev", os.path.join(os.path.dirname(_REPO), "shared", "data", "
                                          "flowers-dev")))
 SEEDS = (1, 2, 3)
 BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
-PHASE2 = ("seed", "full", "half")
+PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10")
+# Variants of `full`: a lower peak learning rate, or 10 epochs instead of --full-epochs.
+PEAK_LR = {"full_3e-5": 3e-5}
+EPOCHS = {"full_10": 10}
 RECIPES = BASELINES + PHASE2
 BACKBONE = "efficientnet_lite0"
 SIZE = 224
@@ -206,7 +210,8 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     model = tf_keras.Model(inputs, add_head(x, n_classes), name="graft_classifier")
     copy_head(head, model)  # head: head_weights() of the phase-1 head
 
-    n_layers = {"seed": 20, "full": len(base.layers), "half": len(base.layers) // 2}[recipe]
+    n_layers = 20 if recipe == "seed" else \
+        len(base.layers) // 2 if recipe == "half" else len(base.layers)
     with_weights = model_lib.unfreeze_top(base, n_layers)  # BatchNorm stays frozen
     steps = int(np.ceil(len(x_tr) / BATCH))
     smooth = recipe != "seed"
@@ -216,7 +221,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         warmup = steps  # one epoch of linear warm-up, then cosine to 0 at the last step
         schedule = tf_keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps=max(1, steps * epochs - warmup), alpha=0.0,
-            warmup_target=1e-4, warmup_steps=warmup)
+            warmup_target=PEAK_LR.get(recipe, 1e-4), warmup_steps=warmup)
         model.compile(optimizer=tf_keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                       loss=tf_keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
                       metrics=["accuracy"])
@@ -504,7 +509,8 @@ def main(argv=None) -> int:
                     if recipe == "head_flip":
                         record(recipe, head_flip_res)
                 if recipe in PHASE2:
-                    epochs = args.seed_epochs if recipe == "seed" else args.full_epochs
+                    epochs = args.seed_epochs if recipe == "seed" else \
+                        EPOCHS.get(recipe, args.full_epochs)
                     res = phase2(recipe, backbone, head_flip, images[idx_tr],
                                  ytr, images[idx_ev], yev, n, seed, epochs,
                                  head_flip_res["val_loss"], head_flip_res["accuracy"])
