@@ -107,10 +107,46 @@ def gif_frames(data: bytes) -> tuple[int, int, int]:
     return width, height, frames
 
 
+MAX_HEADER_SEGMENTS = 1000
+
+
+def _prescan(data: bytes) -> None:
+    """Bound the header work: PIL walks a JPEG's markers before the first scan and a PNG's
+    chunks before the first IDAT one by one in Python, so 8 MB of 4-byte markers cost seconds
+    of CPU. Real files have tens of them; more than MAX_HEADER_SEGMENTS is refused."""
+    n = len(data)
+    if data[:3] == b"\xff\xd8\xff":
+        pos, seen = 2, 0
+        while pos + 4 <= n and seen <= MAX_HEADER_SEGMENTS:
+            if data[pos] != 0xFF:
+                return                                  # not a marker: PIL will say so
+            marker = data[pos + 1]
+            if marker == 0xFF:                          # fill byte
+                pos += 1
+                continue
+            if marker == 0xDA or 0xD0 <= marker <= 0xD9 or marker == 0x01:
+                return                                  # start of scan (or standalone)
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            seen += 1
+        if seen > MAX_HEADER_SEGMENTS:
+            raise BadImage(f"malformed JPEG: more than {MAX_HEADER_SEGMENTS} header segments")
+    elif data[:8] == _PNG_MAGIC:
+        pos, seen = 8, 0
+        while pos + 8 <= n and seen <= MAX_HEADER_SEGMENTS:
+            if data[pos + 4:pos + 8] == b"IDAT":
+                return
+            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+            seen += 1
+        if seen > MAX_HEADER_SEGMENTS:
+            raise BadImage(f"malformed PNG: more than {MAX_HEADER_SEGMENTS} chunks before the "
+                           f"image data")
+
+
 def inspect(data: bytes) -> ImageInfo:
     """The header facts of one encoded image; BadImage (message without an index) if unusable."""
     if len(data) == 0:
         raise BadImage("empty image (0 bytes)")
+    _prescan(data)
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, (width, height) = im.format, im.size

@@ -212,6 +212,16 @@ def test_request_pixels_sum_frames_over_the_batch(server):
     assert seconds < 1.0 and grew < RSS_SLACK
 
 
+def test_header_segment_flood_is_refused_quickly(server):
+    """7.6 MB of empty JPEG comment markers: PIL's header walk alone took 1.5 s of CPU."""
+    jpeg = abuse.jpeg(64, 48)
+    data = jpeg[:2] + b"\xff\xfe\x00\x02" * 1_900_000 + jpeg[2:]
+    request = abuse.request(MODEL, abuse.string_tensor([data]))
+    status, seconds, details, _ = _attack(server, request)
+    assert status == "INVALID_ARGUMENT" and "header segments" in details, details
+    assert seconds < 0.5, seconds
+
+
 def test_small_animated_gif_still_works(server):
     gif = abuse.animated_gif(40, 30, 5)
     status, _, details, _ = _attack(server, abuse.request(MODEL, abuse.string_tensor([gif])))
