@@ -293,6 +293,9 @@ def attacks(model: str, signatures: set[str], photo: bytes) -> list[dict]:
         {"name": "message_20MB", "what": "a 20 MiB request (limit 8 MiB)",
          "expect": "RESOURCE_EXHAUSTED",
          "request": request(model, string_tensor([photo, b"\0" * (20 << 20)]))},
+        {"name": "jpeg_marker_flood", "what": "7.6 MB of empty JPEG comment markers",
+         "expect": "INVALID_ARGUMENT", "request": request(model, string_tensor(
+             [photo[:2] + b"\xff\xfe\x00\x02" * 1_900_000 + photo[2:]]))},
         {"name": "unknown_version", "what": "version 999 (message must not show paths)",
          "expect": "NOT_FOUND", "request": request(model, string_tensor([photo]), version=999)},
     ]
