@@ -42,13 +42,7 @@ from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 
-from serving import (  # noqa: E402
-    admission,  # noqa: E402
-    flags,
-    predict as predict_lib,
-    protos,
-)
-from serving.admission import Admission  # noqa: E402
+from serving import admission, flags, predict as predict_lib, protos  # noqa: E402
 from serving.model_store import ModelStore  # noqa: E402
 
 MAX_SEND_BYTES = 256 * 1024 * 1024
@@ -104,8 +98,9 @@ class _Handlers:
 
     def __init__(self, store: ModelStore, limits: ServerLimits):
         self.store, self.limits = store, limits
-        self.admission = Admission(limits.max_concurrent_runs, limits.max_pixels_in_flight,
-                                   limits.queue_timeout, limits.pixels_per_element)
+        self.admission = admission.Admission(
+            limits.max_concurrent_runs, limits.max_pixels_in_flight, limits.queue_timeout,
+            limits.pixels_per_element)
 
     @staticmethod
     def _abort(context, error: predict_lib.ServingError):
@@ -124,21 +119,34 @@ class _Handlers:
             _internal(context, "Predict")
 
     def GetModelMetadata(self, request, context):
-        apis = protos.load_apis()
         try:
-            served = predict_lib.resolve(self.store, request.model_spec)
-            fields = list(request.metadata_field)
-            if not fields:
+            return self._metadata(request)
+        except predict_lib.ServingError as e:
+            self._abort(context, e)
+        except Exception:  # noqa: BLE001 - never a raw exception text to the client
+            _internal(context, "GetModelMetadata")
+
+    def GetModelStatus(self, request, context):
+        try:
+            return self._status(request)
+        except predict_lib.ServingError as e:
+            self._abort(context, e)
+        except Exception:  # noqa: BLE001 - never a raw exception text to the client
+            _internal(context, "GetModelStatus")
+
+    def _metadata(self, request):
+        apis = protos.load_apis()
+        served = predict_lib.resolve(self.store, request.model_spec)
+        fields = list(request.metadata_field)
+        if not fields:
+            raise predict_lib.ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in fields:
+            if field != "signature_def":
                 raise predict_lib.ServingError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    "GetModelMetadataRequest must specify at least one metadata_field")
-            for field in fields:
-                if field != "signature_def":
-                    raise predict_lib.ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"Metadata field {field} is not supported (only signature_def)")
-        except predict_lib.ServingError as e:
-            return self._abort(context, e)
+                    f"Metadata field {field} is not supported (only signature_def)")
         response = apis.get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = self.store.name
         response.model_spec.version.value = served.version
@@ -148,24 +156,25 @@ class _Handlers:
         response.metadata["signature_def"].Pack(sig_map)
         return response
 
-    def GetModelStatus(self, request, context):
+    def _status(self, request):
         apis = protos.load_apis()
         status_pb2 = apis.get_model_status_pb2
         spec = request.model_spec
+
+        def not_found(message: str) -> predict_lib.ServingError:
+            return predict_lib.ServingError(grpc.StatusCode.NOT_FOUND, message)
+
         if spec.name != self.store.name:
-            return context.abort(grpc.StatusCode.NOT_FOUND,
-                                 f"Could not find any versions of model {spec.name} "
-                                 f"(this server serves {self.store.name!r})")
+            raise not_found(f"Could not find any versions of model {spec.name} "
+                            f"(this server serves {self.store.name!r})")
         states = self.store.states()
         if spec.HasField("version"):
             if spec.version.value not in states:
-                return context.abort(grpc.StatusCode.NOT_FOUND,
-                                     f"Could not find version {spec.version.value} of model "
-                                     f"{spec.name} (known versions: {sorted(states)})")
+                raise not_found(f"Could not find version {spec.version.value} of model "
+                                f"{spec.name} (known versions: {sorted(states)})")
             states = {spec.version.value: states[spec.version.value]}
         if not states:
-            return context.abort(grpc.StatusCode.NOT_FOUND,
-                                 f"Could not find any versions of model {spec.name}")
+            raise not_found(f"Could not find any versions of model {spec.name}")
         response = status_pb2.GetModelStatusResponse()
         for version in sorted(states, reverse=True):
             state, error = states[version]

@@ -351,6 +351,11 @@ def test_errors_show_neither_server_paths_nor_exception_reprs(tmp_path, monkeypa
     assert code == grpc.StatusCode.INTERNAL
     assert "secret-dir" not in details and "RuntimeError" not in details, details
     assert "incident" in details
+    monkeypatch.setattr(store, "states", broken)
+    with pytest.raises(grpc.RpcError) as err:
+        handlers.GetModelStatus(status_request, Context())
+    code, details = err.value.args
+    assert code == grpc.StatusCode.INTERNAL and "secret-dir" not in details, details
 
 
 def _self_signed(tmp_path):
