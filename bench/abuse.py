@@ -25,7 +25,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -180,41 +179,6 @@ class RssSampler:
     def stop(self):
         self._stop.set()
         self._thread.join()
-
-
-def start_server(base: str, name: str, port: int, log_path: str, extra=()):
-    """`graft serve` as a subprocess; (Popen, served version) once a version is AVAILABLE."""
-    import grpc
-
-    from serving import protos
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
-                             base, "--model-name", name, "--port", str(port),
-                             "--poll-seconds", "30", *extra],
-                            cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    apis = protos.load_apis()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = apis.model_service_pb2_grpc.ModelServiceStub(channel)
-    status_request = apis.get_model_status_pb2.GetModelStatusRequest()
-    status_request.model_spec.name = name
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"graft serve exited:\n{Path(log_path).read_text()}")
-            try:
-                status = stub.GetModelStatus(status_request, timeout=2)
-                available = [s.version for s in status.model_version_status if s.state == 30]
-                if available:
-                    return proc, max(available)
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    finally:
-        channel.close()
-    proc.kill()
-    raise SystemExit(f"graft serve did not come up:\n{Path(log_path).read_text()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     photo = photos[0].read_bytes() if photos else jpeg(320, 240)
     port = free_port()
     server_log = os.path.join(workdir, "server.log")
-    proc, version = start_server(base, name, port, server_log)
+    proc, version = common.start_server(base, name, port, server_log)
     pid = proc.pid
     from tensorflow.core.protobuf import saved_model_pb2
     sm = saved_model_pb2.SavedModel()

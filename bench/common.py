@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -113,7 +114,6 @@ def flowers_work_dir(path: str):
 
 def flowers_tfrecords(work: Path) -> Path:
     """flowers-dev converted by `graft make-tfrecords` into WORK/tfrecords (once)."""
-    import sys
     data = work / "tfrecords"
     if not (data / "labels.txt").exists():
         run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords", str(FLOWERS),
@@ -147,3 +147,38 @@ def write_json(name: str, data: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
+
+
+def start_server(base: str, name: str, port: int, log_path: str, extra=()):
+    """`graft serve` as a subprocess; (Popen, served version) once a version is AVAILABLE."""
+    import grpc
+
+    from serving import protos
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
+                             base, "--model-name", name, "--port", str(port),
+                             "--poll-seconds", "30", *extra],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    apis = protos.load_apis()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = apis.model_service_pb2_grpc.ModelServiceStub(channel)
+    status_request = apis.get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = name
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"graft serve exited:\n{Path(log_path).read_text()}")
+            try:
+                status = stub.GetModelStatus(status_request, timeout=2)
+                available = [s.version for s in status.model_version_status if s.state == 30]
+                if available:
+                    return proc, max(available)
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    finally:
+        channel.close()
+    proc.kill()
+    raise SystemExit(f"graft serve did not come up:\n{Path(log_path).read_text()}")

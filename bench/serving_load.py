@@ -19,12 +19,10 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from bench import common
 
@@ -50,37 +48,6 @@ def load_images(count: int) -> list[tuple[str, bytes]]:
     paths = sorted(common.FLOWERS.glob("*/*.jpg"))
     step = max(1, len(paths) // count)
     return [(str(p), p.read_bytes()) for p in paths[::step][:count]]
-
-
-def start_server(base: str, name: str, port: int, log_path: str, extra=()):
-    import grpc
-
-    from serving import protos
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
-                             base, "--model-name", name, "--port", str(port),
-                             "--poll-seconds", "30", *extra],
-                            cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    apis = protos.load_apis()
-    stub = apis.model_service_pb2_grpc.ModelServiceStub(
-        grpc.insecure_channel(f"127.0.0.1:{port}"))
-    request = apis.get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = name
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"graft serve exited:\n{Path(log_path).read_text()}")
-        try:
-            status = stub.GetModelStatus(request, timeout=2)
-            available = [s.version for s in status.model_version_status if s.state == 30]
-            if available:
-                return proc, max(available)
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"graft serve did not come up:\n{Path(log_path).read_text()}")
 
 
 def run_clients(port: int, requests: list, clients: int, seconds: float) -> dict:
@@ -188,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = [client_lib.build_request(data, name) for _, data in images]
     port = _free_port()
     log_path = os.path.join(workdir, "server.log")
-    proc, version = start_server(base, name, port, log_path, args.serve_args.split())
+    proc, version = common.start_server(base, name, port, log_path, args.serve_args.split())
     print(f"graft serve: model {name} version {version} on 127.0.0.1:{port}")
     runs = []
     try:

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
-from bench import abuse
+from bench import abuse, common
 from serving import model_store, predict as predict_lib, protos, server as server_lib
 
 import toy_model
@@ -64,7 +64,7 @@ def _start(tmp_path_factory, name: str, *extra: str, variant: int = 1):
     toy_model.push(str(base), 1, variant)
     port = abuse.free_port()
     log = root / "server.log"
-    proc, _ = abuse.start_server(str(base), MODEL, port, str(log), extra)
+    proc, _ = common.start_server(str(base), MODEL, port, str(log), extra)
     apis = protos.load_apis()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}",
                                     options=[("grpc.max_send_message_length", 64 << 20)])
