@@ -390,15 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     workdir = tempfile.mkdtemp(prefix="graft-bench-abuse-")
-    toy = args.model_base_path is None
-    if toy:
-        from tests import toy_model
-        base, name = os.path.join(workdir, "toy"), "toy"
-        toy_model.push(base, 1)
-        print(f"no --model-base-path given: attacking the TOY model ({base})")
-    else:
-        base = os.path.abspath(args.model_base_path)
-        name = args.model_name or os.path.basename(base.rstrip("/"))
+    base, name, toy = common.served_model(args.model_base_path, args.model_name, workdir,
+                                          "attacking")
     photos = sorted(common.FLOWERS.glob("*/*.jpg")) if common.FLOWERS.is_dir() else []
     photo = photos[0].read_bytes() if photos else jpeg(320, 240)
     port = free_port()

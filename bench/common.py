@@ -182,3 +182,16 @@ def start_server(base: str, name: str, port: int, log_path: str, extra=()):
         channel.close()
     proc.kill()
     raise SystemExit(f"graft serve did not come up:\n{Path(log_path).read_text()}")
+
+
+def served_model(model_base_path, model_name, workdir: str, doing: str) -> tuple:
+    """(base path, model name, is the toy model) of a serving benchmark: SERVING_DIR/NAME when
+    given, else the toy model (tests/toy_model.py) pushed into WORKDIR, said out loud."""
+    if model_base_path:
+        base = os.path.abspath(model_base_path)
+        return base, model_name or os.path.basename(base.rstrip("/")), False
+    from tests import toy_model
+    base = os.path.join(workdir, "toy")
+    toy_model.push(base, 1)
+    print(f"no --model-base-path given: {doing} the TOY model ({base}), not graft's")
+    return base, "toy", True

@@ -140,15 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {common.FLOWERS} is absent (needs ../shared/data/flowers-dev)")
         return 0
     workdir = tempfile.mkdtemp(prefix="graft-bench-serving-")
-    toy = args.model_base_path is None
-    if toy:
-        from tests import toy_model
-        base, name = os.path.join(workdir, "toy"), "toy"
-        toy_model.push(base, 1)
-        print(f"no --model-base-path given: benchmarking the TOY model ({base}), not graft's")
-    else:
-        base = os.path.abspath(args.model_base_path)
-        name = args.model_name or os.path.basename(base.rstrip("/"))
+    base, name, toy = common.served_model(args.model_base_path, args.model_name, workdir,
+                                          "benchmarking")
 
     from serving import client as client_lib
     images = load_images(args.images)
