@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import os
 import socket
 import struct
@@ -430,10 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    common.write_json(os.path.abspath(args.out), result)
     print()
     print(markdown(result))
     print(f"\nwrote {args.out}")

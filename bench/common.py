@@ -143,8 +143,9 @@ def eval_accuracy(log_text: str):
 
 
 def write_json(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """DATA as JSON at bench/results/NAME (or at NAME when it is an absolute path)."""
     path = RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 

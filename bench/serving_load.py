@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import socket
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "p50_ratio_1_client": ratio,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    common.write_json(os.path.abspath(args.out), result)
     print()
     if toy:
         print("(toy model, not graft's)")
