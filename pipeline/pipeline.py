@@ -3,7 +3,8 @@
 ImportExampleGen -> ImageCheck (drops records whose image does not decode) ->
 span window (SpanRangeStrategy) -> StatisticsGen -> SchemaGen ->
 ExampleValidator -> DataGate -> Transform (materialize=False) -> Trainer ->
-latest blessed model (LatestBlessedModelStrategy) -> Evaluator -> VersionedPusher.
+latest blessed model other than the candidate (pipeline/baseline.py) -> Evaluator ->
+VersionedPusher.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tfx.proto import range_config_pb2
 from components.custom.data_gate import DataGate
 from components.custom.image_check import ImageCheck
 from components.custom.pusher import VersionedPusher
+from pipeline.baseline import LatestBlessedOtherModelStrategy
 from pipeline.configs import COMPONENTS_DIR, PipelineConfig
 
 TRANSFORM_MODULE = os.path.join(COMPONENTS_DIR, "transform.py")
@@ -110,10 +112,13 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     if trainer_platform_config is not None:
         trainer = trainer.with_platform_config(trainer_platform_config)
 
+    # The baseline: the latest blessed model other than this run's candidate (an unchanged
+    # rerun then finds the Evaluator's inputs unchanged: cached, seconds).
     model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        strategy_class=LatestBlessedOtherModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        candidate=trainer.outputs["model"],
     ).with_id("latest_blessed_model_resolver") if baseline else None
     evaluator = tfx.components.Evaluator(
         examples=examples, model=trainer.outputs["model"],

@@ -47,7 +47,11 @@ def format_summary(facts: dict) -> str:
         lines.append("  blessed: %s (%s)" % ("yes" if blessed else "no", why))
     push = facts["push"]
     if push:
-        lines.append("  push: %s" % push.get("push_reason"))
+        reason = push.get("push_reason")
+        if dict(states).get("VersionedPusher") == "CACHED":
+            # Nothing changed since an earlier run: its push decision stands, nothing new.
+            reason = "nothing new (inputs unchanged; an earlier run: %s)" % reason
+        lines.append("  push: %s" % reason)
         dest = push.get("pushed_destination")
         if dest:
             base = os.path.dirname(dest)
