@@ -55,8 +55,12 @@ class PipelineConfig:
     output_dir: str = DEFAULT_OUTPUT_DIR
     serving_dir: str = ""                   # empty = OUTPUT_DIR/serving
     # Beam.
-    beam_mode: str = config_field("multi_processing", "Beam DirectRunner mode",
-                            choices=("multi_processing", "in_memory"))
+    # in_memory (Beam's own default) on the local runner: one process, no worker start-up
+    # and the Evaluator loads the model once (flowers-dev, 2 shared cores: Evaluator 61 s vs
+    # 216 s, whole run 596 s vs 947 s, peak 4.4 GB in one process vs 4.9 GB + workers).
+    beam_mode: str = config_field("in_memory", "Beam DirectRunner mode of the local runner "
+                                  "(multi_processing: one worker process per core)",
+                                  choices=("in_memory", "multi_processing"))
     beam_workers: int = 0                   # 0 = one per core
 
     @property

@@ -110,7 +110,8 @@ def build_pipeline(cfg: configs.PipelineConfig, args, beam_args: list):
                                       args.gpu_type)
     pipeline = create_pipeline(kfp_cfg, beam_pipeline_args=beam_args,
                                trainer_platform_config=trainer_resources,
-                               span_window=False, baseline=args.target == "vertex")
+                               span_window=False, baseline=args.target == "vertex",
+                               baseline_skips_candidate=False)
     components_dir = args.project_dir.rstrip("/") + "/components"
     for component in pipeline.components:
         if component.id != "Trainer" and isinstance(component, base_component.BaseComponent):
@@ -131,7 +132,9 @@ def compile_spec(args) -> dict:
     from pipeline.kubeflow import spec as kubeflow_spec
 
     cfg = build_config(args)
-    beam_args = shlex.split(args.beam_args) if args.beam_args is not None else cfg.beam_args()
+    # A cluster pod has its own cores: Beam's DirectRunner uses one worker process per core.
+    beam_args = shlex.split(args.beam_args) if args.beam_args is not None else \
+        dataclasses.replace(cfg, beam_mode="multi_processing").beam_args()
     pipeline = build_pipeline(cfg, args, beam_args)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
