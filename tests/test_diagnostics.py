@@ -104,8 +104,8 @@ def test_gallery_html_is_escaped_and_embeds_the_thumbnails(analysis):
                                "data": {}, "training": {}, "evaluation": {}, "blessing": {},
                                "push": {}, "notes": [],
                                "diagnostics": {"errors": analysis, "overfitting": None}})
-    figures = re.findall(r'<figure class="top-loss">.*?</figure>', page)
-    assert len(figures) == 4 + 1  # four mistakes, one possible label error
+    assert len(re.findall(r'<figure class="top-loss">.*?</figure>', page)) == 4
+    assert len(re.findall(r'<figure class="label-error">.*?</figure>', page)) == 1
     assert page.count('src="data:image/jpeg;base64,') == 5
     assert "blue/red-&lt;1&gt;.png" in page and "red-<1>" not in page
     assert "4 of 16 eval images misclassified" in page

@@ -35,12 +35,12 @@ def warnings_section(f: dict) -> str:
             % "".join("<li>%s</li>" % _e(x) for x in lines))
 
 
-def _figure(item: dict, caption: str) -> str:
+def _figure(item: dict, caption: str, kind: str) -> str:
     img = ('<img alt="%s" src="data:image/jpeg;base64,%s">' % (_e(item.get("filename")),
                                                                 item["thumbnail"])
            if item.get("thumbnail") else "(no thumbnail)")
-    return ('<figure class="top-loss"><div class="thumb">%s</div><figcaption>%s%s</figcaption>'
-            "</figure>" % (img, caption, '<br><span class="file">%s</span>'
+    return ('<figure class="%s"><div class="thumb">%s</div><figcaption>%s%s</figcaption>'
+            "</figure>" % (kind, img, caption, '<br><span class="file">%s</span>'
                            % _e(item["filename"]) if item.get("filename") else ""))
 
 
@@ -75,7 +75,7 @@ def error_section(f: dict) -> str:
         if top:
             figs = "".join(_figure(t, '<span class="wrong">%s</span> %.3f<br>true: %s (%.3f)'
                                    % (_e(t["predicted"]), t["probability"], _e(t["true"]),
-                                      t["true_probability"])) for t in top)
+                                      t["true_probability"]), "top-loss") for t in top)
             parts.append("<h3>Most confident mistakes (%s split)</h3><p class=\"meta\">predicted "
                          "class and its probability, then the true class and the probability "
                          "the model gave it</p><div class=\"gallery top-losses\">%s</div>"
@@ -91,8 +91,8 @@ def error_section(f: dict) -> str:
                        ": check them" if suspects else ""))
             figs = "".join(_figure(s, 'given: <span class="wrong">%s</span> %.3f<br>model: %s '
                                    "(%.3f)" % (_e(s["given"]), s["given_probability"],
-                                               _e(s["predicted"]), s["probability"]))
-                           for s in suspects)
+                                               _e(s["predicted"]), s["probability"]),
+                                   "label-error") for s in suspects)
             parts.append(head + ('<div class="gallery label-errors">%s</div>' % figs
                                  if figs else ""))
     return "<section class=\"errors\"><h2>Error analysis</h2>%s</section>" % "".join(parts)
