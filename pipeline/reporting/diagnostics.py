@@ -17,8 +17,10 @@ errors in the training data, and over-fitting.
   class, probabilities), the most frequent (true, predicted) pairs, and the training images
   whose given label gets less than LABEL_ERROR_PROBABILITY (possible label errors).
   Cost bound: at most MAX_SCORED images per split (the first ones in file order; the report
-  says when a split was cut), one model load; on flowers-dev (204 eval + 796 train JPEGs,
-  Lite0 at 224 px) about 20-30 s on 2 shared cores.
+  says when a split was cut) and one model load; the section prints its seconds. Measured
+  only under heavy load so far (2 cores, load average 20, where the same run's Trainer took
+  525 s): 322 s for the end-to-end test's 72 digits images with the model loaded twice, most
+  of it loading the SavedModel; not measured on flowers-dev.
 
 Thumbnails are JPEGs of at most THUMB_PX pixels, embedded as base64 (html.py renders them).
 """
@@ -118,11 +120,10 @@ def read_examples(files, image_key: str, label_key: str, limit: int = MAX_SCORED
     return out, False
 
 
-def score(model_dir: str, images: list[bytes]):
-    """Probabilities [N, k] from the SavedModel's serving_default on raw image bytes."""
+def score(serve, images: list[bytes]):
+    """Probabilities [N, k] from a SavedModel's serving_default on raw image bytes."""
     import numpy as np
     import tensorflow as tf
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
     probs = [serve(image_bytes=tf.constant(images[s:s + BATCH]))["probabilities"].numpy()
              for s in range(0, len(images), BATCH)]
     return np.concatenate(probs) if probs else np.zeros((0, 0))
@@ -150,13 +151,15 @@ def _name(names, i: int) -> str:
 def analyse(model_dir: str, split: str, scored, train, label_names) -> dict:
     """The facts of the error analysis from already read examples (see error_analysis)."""
     import numpy as np
+    import tensorflow as tf
     start = time.time()
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]  # loaded once
     out = {"model": model_dir, "split": split, "scored": len(scored[0]),
            "truncated": scored[1], "train_scored": len(train[0]),
            "train_truncated": train[1], "max_scored": MAX_SCORED,
            "label_error_probability": LABEL_ERROR_PROBABILITY}
     examples = scored[0]
-    probs = score(model_dir, [e[0] for e in examples])
+    probs = score(serve, [e[0] for e in examples])
     labels = np.array([e[1] for e in examples], dtype=np.int64)
     pred = probs.argmax(axis=1) if len(examples) else labels
     wrong = np.flatnonzero(pred != labels)
@@ -179,7 +182,7 @@ def analyse(model_dir: str, split: str, scored, train, label_names) -> dict:
         for (a, b), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:CONFUSED_PAIRS]]
     if train[0]:
         train_examples = train[0]
-        train_probs = score(model_dir, [e[0] for e in train_examples])
+        train_probs = score(serve, [e[0] for e in train_examples])
         given = np.array([e[1] for e in train_examples], dtype=np.int64)
         p_given = train_probs[np.arange(len(given)), np.minimum(given, train_probs.shape[1] - 1)]
         suspects = sorted(np.flatnonzero(p_given < LABEL_ERROR_PROBABILITY),
