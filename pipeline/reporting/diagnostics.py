@@ -19,8 +19,8 @@ errors in the training data, and over-fitting.
   Cost bound: at most MAX_SCORED images per split (the first ones in file order; the report
   says when a split was cut) and one model load; the section prints its seconds. Measured
   only under heavy load so far (2 cores, load average 20, where the same run's Trainer took
-  525 s): 322 s for the end-to-end test's 72 digits images with the model loaded twice, most
-  of it loading the SavedModel; not measured on flowers-dev.
+  525 s): 322 s for the end-to-end test's 72 digits images with the model loaded twice, 10 s
+  in its next run with one load; not measured on flowers-dev.
 
 Thumbnails are JPEGs of at most THUMB_PX pixels, embedded as base64 (html.py renders them).
 """
