@@ -62,7 +62,9 @@ def main() -> int:
         classifier, cfg, strategy, batch, make_ds(train_files, backbone, cfg, batch, True),
         make_ds(eval_files, backbone, cfg, batch, False),
         lambda: make_ds(train_files, backbone, cfg, batch, False),
-        lambda: sum(1 for _ in tf.data.TFRecordDataset(train_files)))
+        lambda: sum(1 for _ in tf.data.TFRecordDataset(train_files)),
+        count_labels=lambda: dataset.count_labels(train_files, cfg.label_key, cfg.num_classes,
+                                                  compression_type=""))
     final = classifier.model.evaluate(make_ds(eval_files, backbone, cfg, batch, False),
                                       verbose=0, return_dict=True)
     best1, best2 = trainer.best(phase1), trainer.best(phase2)
@@ -72,6 +74,7 @@ def main() -> int:
               "phase1_seconds": round(phase1.get("seconds", 0), 1),
               "phase2_seconds": round(phase2.get("seconds", 0), 1),
               "feature_cache": phase1.get("feature_cache"),
+              "class_weight": phase1.get("class_weight"),
               "total_seconds": round(time.time() - start, 1)}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

@@ -98,3 +98,19 @@ def count_examples(file_patterns) -> int:
     """Records in the (GZIP) example files: the length of an epoch, for the schedule."""
     return sum(1 for _ in tf.data.TFRecordDataset(_files(file_patterns),
                                                   compression_type="GZIP"))
+
+
+def count_labels(file_patterns, label_key: str, num_classes: int,
+                 compression_type: str = "GZIP") -> list[int]:
+    """Training records per class (index = label id) from the label feature alone (no image
+    decoding): the counts behind --class-weight balanced when there is no feature cache.
+    Labels outside 0..num_classes-1 are not counted (make_dataset drops those records)."""
+    counts = [0] * num_classes
+    spec = {label_key: tf.io.VarLenFeature(tf.int64)}
+    ds = tf.data.TFRecordDataset(_files(file_patterns), compression_type=compression_type)
+    for batch in ds.batch(1024).map(lambda s: tf.io.parse_example(s, spec)[label_key]):
+        values = tf.sparse.to_dense(batch, default_value=-1)[:, 0].numpy()
+        for value in values:
+            if 0 <= value < num_classes:
+                counts[int(value)] += 1
+    return counts

@@ -9,6 +9,7 @@ Trainer execution and recomputes it, so nothing stale can be reused.
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -51,6 +52,16 @@ class Cache:
     @property
     def train_examples(self) -> int:
         return len(self.train_y) // self.views
+
+    def subset(self, keep) -> "Cache":
+        """The same cache with only the training images at indices `keep` (every view of
+        each); eval untouched. Benchmarks train on subsets of one cache."""
+        n = self.train_examples
+        rows = np.concatenate([np.asarray(keep, dtype=np.int64) + v * n
+                               for v in range(self.views)])
+        out = copy.copy(self)
+        out.train_x, out.train_y = self.train_x[rows], self.train_y[rows]
+        return out
 
     def describe(self) -> dict:
         return {"train_examples": self.train_examples, "train_views": self.views,

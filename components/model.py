@@ -81,11 +81,14 @@ def smoothed_loss(num_classes: int, label_smoothing: float):
     """Cross-entropy of integer labels against softmax probabilities, with label smoothing
     (tf_keras' sparse cross-entropy has none): the one-hot target becomes
     (1 - s) * onehot + s / n."""
-    cce = tf_keras.losses.CategoricalCrossentropy(label_smoothing=float(label_smoothing))
+    smoothing = float(label_smoothing)
 
     def loss(y_true, y_pred):
+        # Per-example losses: Keras applies sample (class) weights and reduces them itself. A
+        # loss reduced here to a scalar would silently ignore the weights.
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        return cce(tf.one_hot(labels, num_classes), y_pred)
+        return tf_keras.losses.categorical_crossentropy(
+            tf.one_hot(labels, num_classes), y_pred, label_smoothing=smoothing)
 
     loss.__name__ = "smoothed_crossentropy"
     return loss

@@ -5,9 +5,12 @@ materialize=False). Phase 1 trains a new head on the frozen base: on features th
 computes once per image (components/feature_cache.py; `feature_cache=False` trains on the
 images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers of the base
 (BatchNorm frozen) with its own optimizer and schedule (model.py); its weights are kept only if
-it beats phase 1's validation loss. Exports a SavedModel (without optimizer state) whose
-signatures embed the same Transform graph. Writes `history.json`, `history.png`,
-`training_summary.json` and TensorBoard logs to the model-run directory.
+it beats phase 1's validation loss. `class_weight='balanced'` weighs both phases' training
+loss by inverse class frequency (components/class_weights.py; counts from the cached training
+labels, or one pass over the training records' labels without the cache). Exports a SavedModel
+(without optimizer state) whose signatures embed the same Transform graph. Writes
+`history.json`, `history.png`, `training_summary.json` and TensorBoard logs to the model-run
+directory.
 """
 from __future__ import annotations
 
@@ -21,14 +24,23 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from components import dataset, distribution, feature_cache, model as model_lib, signatures
+from components import (
+    class_weights,
+    dataset,
+    distribution,
+    feature_cache,
+    model as model_lib,
+    signatures,
+)
 from components.backbones import registry
 from components.training_config import TrainingConfig
 
 
-def _fit(model, train, eval_data, epochs, patience, callbacks, phase, batch_size=None):
+def _fit(model, train, eval_data, epochs, patience, callbacks, phase, batch_size=None,
+         class_weight=None):
     """fit() with early stopping (best weights restored) and a per-epoch clock; `train` is a
-    dataset, or (features, labels) arrays for phase 1 on cached features."""
+    dataset, or (features, labels) arrays for phase 1 on cached features. class_weight:
+    {label id: loss weight} of the training examples (the validation loss is unweighted)."""
     if epochs <= 0:
         return {}
     start = time.time()
@@ -36,6 +48,7 @@ def _fit(model, train, eval_data, epochs, patience, callbacks, phase, batch_size
     inputs = dict(x=train[0], y=train[1], batch_size=batch_size, shuffle=True) \
         if isinstance(train, tuple) else dict(x=train)
     history = model.fit(**inputs, validation_data=eval_data, epochs=epochs, verbose=2,
+                        class_weight=class_weight,
                         callbacks=callbacks + [clock, model_lib.early_stopping(patience)])
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     hist["seconds"] = time.time() - start
@@ -84,13 +97,19 @@ def plot_history(histories: list, path: str) -> None:
 
 
 def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds, eval_ds,
-          unaugmented_train, count_train, callbacks=()) -> tuple[dict, dict]:
+          unaugmented_train, count_train, callbacks=(), count_labels=None,
+          cache=None) -> tuple[dict, dict]:
     """Phase 1 then phase 2 on `classifier`; returns their histories ({} for a skipped phase).
 
     train_ds: augmented, shuffled training batches; eval_ds: eval batches;
     unaugmented_train(): the training batches in file order without augmentation (feature
     cache); count_train(): the number of training examples (the schedule's length without the
-    cache). Also what bench/plain_keras.py runs, so both train the very same recipe.
+    cache); count_labels(): training examples per class, needed for class_weight 'balanced'
+    without the feature cache (with it, the cached labels are counted); cache: a
+    feature_cache.Cache computed already (benchmarks reuse one across runs). Both phases weigh
+    the loss by class_weights.for_mode(cfg.class_weight, counts), recorded in
+    phase1["class_weight"]. Also what bench/plain_keras.py runs, so both train the very same
+    recipe.
     """
     model, base = classifier.model, classifier.base
     callbacks = list(callbacks)
@@ -98,24 +117,41 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     scratch = cfg.from_scratch
     if cfg.feature_cache and not scratch:
         # Phase 1: the frozen base once per image (and flip), the head on the features.
-        cache = feature_cache.Cache(model_lib.feature_extractor(classifier), unaugmented_train(),
-                                    eval_ds, flip=cfg.augment)
+        if cache is None:
+            cache = feature_cache.Cache(model_lib.feature_extractor(classifier),
+                                        unaugmented_train(), eval_ds, flip=cfg.augment)
         print("graft trainer: feature cache %s" % json.dumps(cache.describe()))
+        # Every view of every training image is in the cache: the same proportions.
+        counts = [c // cache.views for c in class_weights.label_counts(cache.train_y,
+                                                                       cfg.num_classes)]
+        weights = class_weights.for_mode(cfg.class_weight, counts)
         with strategy.scope():
             for trained in (classifier.head, model):  # the model too: evaluated at the end
                 model_lib.compile_for(trained, cfg.learning_rate, cfg)
         phase1 = _fit(classifier.head, (cache.train_x, cache.train_y),
                       (cache.eval_x, cache.eval_y), cfg.epochs, patience, callbacks, "phase 1",
-                      batch_size=global_batch)
+                      batch_size=global_batch, class_weight=weights)
         phase1["seconds"] += cache.seconds
         phase1["feature_cache"] = cache.describe()
         train_examples = cache.train_examples
     else:
+        counts = None
+        if cfg.class_weight != "none":
+            if count_labels is None:
+                raise ValueError("class_weight %r without the feature cache needs "
+                                 "count_labels" % cfg.class_weight)
+            counts = list(count_labels())
+        weights = class_weights.for_mode(cfg.class_weight, counts)
         with strategy.scope():
             model_lib.compile_for(model, cfg.learning_rate, cfg)
         phase1 = _fit(model, train_ds, eval_ds, cfg.epochs, patience, callbacks,
-                      "from scratch" if scratch else "phase 1")
+                      "from scratch" if scratch else "phase 1", class_weight=weights)
         train_examples = count_train() if cfg.fine_tune_epochs > 0 and not scratch else 0
+    if counts is not None:
+        phase1["class_weight"] = class_weights.describe(cfg.class_weight, counts,
+                                                        cfg.label_names)
+    else:
+        phase1["class_weight"] = {"mode": cfg.class_weight}
     phase2 = {}
     phase1_weights = model.get_weights()
     # From scratch every layer trained already: there is nothing left to fine-tune.
@@ -129,7 +165,7 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
               "learning rate %g)" % (unfrozen, len(base.layers), cfg.fine_tune_optimizer,
                                      cfg.fine_tune_schedule, cfg.fine_tune_learning_rate))
         phase2 = _fit(model, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
-                      callbacks, "phase 2")
+                      callbacks, "phase 2", class_weight=weights)
         phase2["trainable_base_layers"] = unfrozen
     if phase2 and best(phase2).get("val_loss", float("inf")) > best(phase1)["val_loss"]:
         # Fine-tuning never makes the model worse: keep phase 1's weights.
@@ -167,12 +203,15 @@ def run_fn(fn_args) -> None:
                                                                      "logs"))]
     phase1, phase2 = train(classifier, cfg, strategy, global_batch, train_ds, eval_ds,
                            lambda: images(fn_args.train_files, False),
-                           lambda: dataset.count_examples(fn_args.train_files), callbacks)
+                           lambda: dataset.count_examples(fn_args.train_files), callbacks,
+                           count_labels=lambda: dataset.count_labels(
+                               fn_args.train_files, cfg.label_key, cfg.num_classes))
     final = model.evaluate(eval_ds, verbose=0, return_dict=True)
 
     summary = {"backbone": backbone.name, "image_size": size, "global_batch": global_batch,
                "init": "random" if scratch else str(cfg.weights), "recipe": cfg.recipe,
                "feature_cache": phase1.get("feature_cache"),
+               "class_weight": phase1.get("class_weight"),
                "strategy": type(strategy).__name__, "precision": policy,
                "phase1": best(phase1), "phase2": best(phase2),
                "final_val_accuracy": float(final["accuracy"]),

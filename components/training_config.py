@@ -73,6 +73,10 @@ class TrainingConfig:
                                             choices=("adamw", "adam"))
     weight_decay: float = config_field(1e-4, "AdamW's decoupled weight decay")
     label_smoothing: float = config_field(0.1, "label smoothing of the loss (both phases)")
+    class_weight: str = config_field(
+        "balanced", "loss weight per class in both phases: 'balanced' weighs each class by the "
+        "inverse of its share of the training images (n / (classes x count)), 'none' weighs "
+        "every image alike", choices=("balanced", "none"))
     early_stopping_patience: int = config_field(
         3, "epochs without a better validation loss before a phase stops")
     augment: bool = config_field(True, "augmentation (flip, crop, brightness) of training images",

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 REPORT=${1:-}
 OUT=${2:-docs/report-screenshot.png}
 PY=${PYTHON:-.venv/bin/python}
-CHROMIUM=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
+CHROMIUM=$(command -v chromium || command -v chromium-headless-shell || command -v chromium-browser \
+           || command -v google-chrome || true)
 [ -n "$CHROMIUM" ] || { echo "error: chromium not found (apt-get install -y chromium)" >&2; exit 2; }
 
 if [ -z "$REPORT" ]; then

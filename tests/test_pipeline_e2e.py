@@ -245,3 +245,46 @@ def test_report_has_counts_blessing_recall_and_images(runs):
     for node in ("ImageCheck", "Trainer", "Evaluator", "VersionedPusher"):
         assert ">%s</td>" % node in html
     assert "Bad images: none." in html
+
+
+def test_report_gallery_holds_images_the_served_model_gets_wrong(runs):
+    """The error analysis of the last run: its count of mistakes is the pushed model's on the
+    eval split, and every gallery image is one that model really misclassifies, with the
+    class and probability the report prints (and matches TFMA's accuracy)."""
+    import re
+
+    import tensorflow as tf
+
+    html = (runs["out"] / "report.html").read_text()
+    label_names = (runs["data"] / "labels.txt").read_text().split()
+    m = re.search(r"(\d+) of (\d+) eval images misclassified by the (\w+) model", html)
+    assert m, "no error analysis in the report"
+    wrong, scored = int(m.group(1)), int(m.group(2))
+    records = {}
+    for shard in sorted((runs["data"] / "span-1" / "eval").iterdir()):
+        for record in tf.data.TFRecordDataset(str(shard)):
+            f = tf.train.Example.FromString(record.numpy()).features.feature
+            records[f["filename"].bytes_list.value[0].decode()] = (
+                f["image"].bytes_list.value[0], f["label"].int64_list.value[0])
+    assert scored == len(records)
+    version = _numeric(runs["versions_after_first"])[0]
+    serve = tf.saved_model.load(str(runs["serving"] / "digits" / version)).signatures[
+        "serving_default"]
+    names = sorted(records)
+    probs = serve(image_bytes=tf.constant([records[n][0] for n in names]))["probabilities"]
+    probs = dict(zip(names, probs.numpy()))
+    truly_wrong = {n for n in names if probs[n].argmax() != records[n][1]}
+    assert wrong == len(truly_wrong)
+    tfma_accuracy = float(re.search(r"accuracy <b>([\d.]+)</b> on", html).group(1))
+    assert abs((scored - wrong) / scored - tfma_accuracy) < 1e-3
+    gallery = html.split("Most confident mistakes")[1].split("Possible label errors")[0] \
+        if wrong else ""
+    figures = re.findall(r'<figure class="top-loss">.*?alt="([^"]+)".*?<span class="wrong">'
+                         r'(\w+)</span> ([\d.]+)<br>true: (\w+)', gallery)
+    assert len(figures) == min(16, wrong)
+    for filename, predicted, probability, true in figures:
+        assert filename in truly_wrong
+        p = probs[filename]
+        assert label_names[int(p.argmax())] == predicted != true
+        assert label_names[records[filename][1]] == true
+        assert abs(float(probability) - p.max()) < 2e-3

@@ -5,7 +5,8 @@ and its artifacts into one JSON-able dict, which both the summary `graft run` pr
 The facts: component states and wall times, per-class counts and bad images (ImageCheck),
 anomalies (ExampleValidator) and the DataGate verdict, training curves (the Trainer's
 history.png and training_summary.json), evaluation (accuracy, per-class recall, confusion
-matrix from TFMA's MultiClassConfusionMatrixPlot), the blessing and why, the push. Every
+matrix from TFMA's MultiClassConfusionMatrixPlot), the blessing and why, the push, and the
+diagnostics (pipeline/reporting/diagnostics.py: imbalance, over-fitting, error analysis). Every
 section is read on its own: a missing or unreadable artifact leaves that section empty with a
 note, never fails the collection.
 """
@@ -17,7 +18,7 @@ import json
 import os
 import time
 
-from pipeline.reporting import mlmd
+from pipeline.reporting import diagnostics, mlmd
 from pipeline.reporting.errors import root_message
 
 NODE_ORDER = ["ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
@@ -347,4 +348,6 @@ def collect(config, seconds: float, failed: BaseException | None = None,
                 facts["evaluation"]["confusion_png"] = _b64(png)
     facts["blessing"] = blessing_facts(outcome.get("blessed"), config, facts["evaluation"])
     facts["push"] = outcome.get("push") or {}
+    facts["diagnostics"] = section("diagnostics", lambda: diagnostics.collect(
+        store, executions, config, facts))
     return facts

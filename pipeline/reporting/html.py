@@ -270,9 +270,11 @@ def _notes(f: dict) -> str:
 
 
 def render(facts: dict) -> str:
-    body = "".join([_header(facts), _outcome(facts), _data(facts), _training(facts),
-                    _evaluation(facts), _components(facts), _notes(facts)])
+    from pipeline.reporting import diagnostics_html as diag
+    body = "".join([_header(facts), _outcome(facts), diag.warnings_section(facts), _data(facts),
+                    _training(facts), _evaluation(facts), diag.error_section(facts),
+                    _components(facts), _notes(facts)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<title>%s</title><style>%s</style></head><body><main>%s</main></body></html>\n"
-            % (_e(facts.get("title", "graft run report")), CSS, body))
+            % (_e(facts.get("title", "graft run report")), CSS + diag.CSS, body))

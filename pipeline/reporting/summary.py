@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from pipeline.reporting import diagnostics
 from pipeline.reporting.facts import baseline_rule
 
 
@@ -35,6 +36,8 @@ def format_summary(facts: dict) -> str:
                             p["epochs_run"], p["seconds"],
                             "" if p.get("kept", True) else
                             "; not kept: no better than phase 1, its weights are used"))
+    for warning in diagnostics.warnings(facts.get("diagnostics")):
+        lines.append("  warning: %s" % warning)
     blessed = facts["blessing"].get("blessed")
     if blessed is not None:
         met, missed = baseline_rule(facts.get("max_regression", 0.0))
