@@ -21,7 +21,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from components import dataset, distribution, feature_cache, model as model_lib, signatures
+from components import (
+    dataset,
+    distribution,
+    feature_cache,
+    model as model_lib,
+    progress,
+    signatures,
+)
 from components.backbones import registry
 from components.training_config import TrainingConfig
 
@@ -36,7 +43,8 @@ def _fit(model, train, eval_data, epochs, patience, callbacks, phase, batch_size
     inputs = dict(x=train[0], y=train[1], batch_size=batch_size, shuffle=True) \
         if isinstance(train, tuple) else dict(x=train)
     history = model.fit(**inputs, validation_data=eval_data, epochs=epochs, verbose=2,
-                        callbacks=callbacks + [clock, model_lib.early_stopping(patience)])
+                        callbacks=callbacks + [clock, model_lib.early_stopping(patience)]
+                        + progress.callbacks(phase))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     hist["seconds"] = time.time() - start
     hist["epoch_end_seconds"] = clock.seconds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from pipeline.reporting import pixel_baseline
 from pipeline.reporting.facts import baseline_rule
 
 
@@ -45,6 +46,9 @@ def format_summary(facts: dict) -> str:
         if acc is not None:
             why = "eval accuracy %.4f: %s" % (acc, why)
         lines.append("  blessed: %s (%s)" % ("yes" if blessed else "no", why))
+    if facts.get("pixel_baseline"):
+        lines.append(pixel_baseline.summary_line(facts["pixel_baseline"],
+                                                 facts["evaluation"].get("accuracy")))
     push = facts["push"]
     if push:
         lines.append("  push: %s" % push.get("push_reason"))
