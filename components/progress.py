@@ -5,11 +5,13 @@ and names the real terminal's file descriptor in GRAFT_PROGRESS_FD. The Trainer 
 process, so `callbacks(phase)` returns a Keras callback writing there: on a terminal one live
 bar per training phase (tqdm: epoch, step, ETA, loss, val accuracy), otherwise (CI, cron) one
 plain line per epoch. Without GRAFT_PROGRESS_FD (Kubeflow, plain Keras, tests) it returns no
-callback and Keras' own epoch lines are all there is.
+callback and Keras' own epoch lines are all there is. The plain epoch lines go to the log
+(fd 1, which the console points at it) too.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import tf_keras
@@ -35,6 +37,15 @@ def epoch_line(phase: str, epoch: int, epochs: int, logs: dict, seconds: float) 
     return "    %s epoch %d/%d: %s (%.1f s)" % (phase, epoch, epochs, shown, seconds)
 
 
+def _to_log(line: str) -> None:
+    """The epoch line into the log as well: under the console, fd 1 is the log file."""
+    try:
+        sys.stdout.flush()
+        os.write(1, line.encode())
+    except OSError:
+        pass
+
+
 class Progress(tf_keras.callbacks.Callback):
     """A tqdm bar per fit() on a terminal, else one line per epoch."""
 
@@ -51,8 +62,14 @@ class Progress(tf_keras.callbacks.Callback):
         self.val_accuracy = None
         if self.tty:
             from tqdm import tqdm
+            try:
+                columns = os.get_terminal_size(self.stream.fileno()).columns
+            except OSError:
+                columns = 0
+            # A terminal that reports no width (some pseudo-terminals) gets 100 columns.
+            width = {"dynamic_ncols": True} if columns else {"ncols": 100}
             self.bar = tqdm(total=self.epochs * self.steps if self.steps else None,
-                            file=self.stream, unit="step", dynamic_ncols=True, leave=True,
+                            file=self.stream, unit="step", leave=True, **width,
                             desc="    " + self.phase, mininterval=0.5,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| step {n_fmt}/"
                             "{total_fmt} [{elapsed}<{remaining}]{postfix}")
@@ -75,9 +92,11 @@ class Progress(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        line = epoch_line(self.phase, epoch + 1, self.epochs, logs,
+                          time.time() - self.epoch_start) + "\n"
+        _to_log(line)
         if self.bar is None:
-            self.stream.write(epoch_line(self.phase, epoch + 1, self.epochs, logs,
-                                         time.time() - self.epoch_start) + "\n")
+            self.stream.write(line)
             self.stream.flush()
             return
         if self.bar.total is None:  # steps per epoch known after the first epoch

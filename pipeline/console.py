@@ -32,6 +32,17 @@ def add_verbose_argument(p: argparse.ArgumentParser, log_dir: str = "OUTPUT/logs
                    "(by default it goes to %s/COMMAND-TIME-PID.log)" % log_dir)
 
 
+def _terminal(stream, fd: int):
+    """(where graft's own lines go, whether it is our duplicate of fd): a duplicate of the
+    real fd, unless Python's stream was already pointed elsewhere (e.g. pytest's capsys)."""
+    try:
+        if stream.fileno() == fd:
+            return os.fdopen(os.dup(fd), "w", buffering=1, errors="replace"), True
+    except (AttributeError, OSError, ValueError):
+        pass
+    return stream, False
+
+
 class Session:
     """The redirection of one command (see the module docstring)."""
 
@@ -42,8 +53,8 @@ class Session:
             os.path.join(log_dir, "%s-%s-%d.log" % (command, stamp, os.getpid())))
         self._lock = threading.Lock()
         self._saved = ()
-        self.out = sys.stdout
-        self.err = sys.stderr
+        self.out, self._own_out = sys.stdout, False
+        self.err, self._own_err = sys.stderr, False
 
     def start(self) -> "Session":
         if self.verbose:
@@ -57,20 +68,17 @@ class Session:
         sys.stdout.flush()
         sys.stderr.flush()
         self._saved = (os.dup(1), os.dup(2))
-        self.out = os.fdopen(os.dup(1), "w", buffering=1, errors="replace")
-        self.err = os.fdopen(os.dup(2), "w", buffering=1, errors="replace")
+        self.out, self._own_out = _terminal(sys.stdout, 1)
+        self.err, self._own_err = _terminal(sys.stderr, 2)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        os.write(1, ("graft %s, %s, pid %d\n" % (" ".join(sys.argv[1:]),
-                                                 time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                 os.getpid())).encode())
-        os.environ[PROGRESS_FD_ENV] = str(self.out.fileno())
+        self._to_log(1, "graft %s, %s, pid %d" % (" ".join(sys.argv[1:]),
+                                                  time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                  os.getpid()))
+        if self._own_out:
+            os.environ[PROGRESS_FD_ENV] = str(self.out.fileno())
         return self
-
-    @property
-    def tty(self) -> bool:
-        return self.out.isatty()
 
     def say(self, text: str, err: bool = False) -> None:
         """A line of graft's own on the terminal (stdout, or stderr) and in the log."""
@@ -108,8 +116,10 @@ class Session:
         for fd in self._saved:
             os.close(fd)
         self._saved = ()
-        self.out.close()
-        self.err.close()
+        if self._own_out:
+            self.out.close()
+        if self._own_err:
+            self.err.close()
         self.out, self.err = sys.stdout, sys.stderr
 
 

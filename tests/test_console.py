@@ -85,6 +85,47 @@ def test_progress_writes_one_plain_line_per_epoch_when_not_a_terminal(tmp_path, 
     assert progress.callbacks("phase 1") == []
 
 
+def test_progress_draws_a_bar_per_phase_on_a_terminal(monkeypatch):
+    import pty
+    import threading
+
+    import numpy as np
+    import tf_keras
+
+    from components import progress
+
+    master, slave = pty.openpty()
+    chunks = []
+    reader = threading.Thread(target=lambda: _drain(master, chunks), daemon=True)
+    reader.start()
+    monkeypatch.setenv(progress.ENV, str(slave))
+    model = tf_keras.Sequential([tf_keras.layers.Dense(2, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.random.rand(32, 3).astype("float32"), np.arange(32) % 2
+    model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=8, verbose=0,
+              callbacks=progress.callbacks("phase 2"))
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    # tqdm redraws one line with \r; what stays on screen is its last state.
+    final = [part for part in re.split(r"[\r\n]", text) if part.strip()][-1]
+    assert "phase 2 epoch 2/2" in final and "100%" in final, text
+    assert "step 8/8" in final and re.search(r"val_accuracy [0-9.]+", final), text
+    assert "\n" not in text.rstrip("\r\n"), text  # one bar, not one line per epoch
+
+
+def _drain(fd, chunks):
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            return
+        if not data:
+            return
+        chunks.append(data)
+
+
 def test_bad_input_error_names_the_log(tmp_path):
     out = tmp_path / "out"
     proc = graft("run", "--data", tmp_path / "missing", "--output", out, check=False,
