@@ -59,7 +59,8 @@ def run_backbone(work: Path, backbone: str, data: Path, jpegs: list) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     log = work / (backbone + ".log")
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data", str(data), "--output",
-           str(out), "--backbone", backbone, "--beam-mode", "in_memory", "--min-accuracy", "0"]
+           str(out), "--backbone", backbone, "--beam-mode", "in_memory", "--min-accuracy", "0",
+           "--verbose"]  # the Trainer's `graft trainer: {json}` line in the captured log
     run = common.run_measured(cmd, log)
     if run["returncode"] != 0:
         raise SystemExit("%s failed, see %s" % (backbone, log))

@@ -35,7 +35,7 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
     log_path = work / ("%s.log" % name)
     run = common.run_measured([sys.executable, "-m", "pipeline.cli", "run", "--data", str(data),
                                "--output", str(out), "--beam-mode", beam_mode,
-                               "--min-accuracy", "0.5", *flags], log_path)
+                               "--min-accuracy", "0.5", "--verbose", *flags], log_path)
     log = log_path.read_text()
     training = common.trainer_summary(log)
     history = json.loads(next((out / "pipeline_root" / "Trainer" / "model_run").glob(

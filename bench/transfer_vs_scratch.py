@@ -89,7 +89,7 @@ def run_point(work: Path, arm: str, fraction: float, data: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     log = work / ("%s-%g.log" % (arm, fraction))
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data", str(data), "--output", str(out),
-           "--beam-mode", "in_memory", "--min-accuracy", "0"] + ARMS[arm]
+           "--beam-mode", "in_memory", "--min-accuracy", "0", "--verbose"] + ARMS[arm]
     run = common.run_measured(cmd, log)
     text = log.read_text()
     if run["returncode"] != 0:

@@ -30,6 +30,7 @@ from components import (
     distribution,
     feature_cache,
     model as model_lib,
+    progress,
     signatures,
 )
 from components.backbones import registry
@@ -49,7 +50,8 @@ def _fit(model, train, eval_data, epochs, patience, callbacks, phase, batch_size
         if isinstance(train, tuple) else dict(x=train)
     history = model.fit(**inputs, validation_data=eval_data, epochs=epochs, verbose=2,
                         class_weight=class_weight,
-                        callbacks=callbacks + [clock, model_lib.early_stopping(patience)])
+                        callbacks=callbacks + [clock, model_lib.early_stopping(patience)]
+                        + progress.callbacks(phase))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     hist["seconds"] = time.time() - start
     hist["epoch_end_seconds"] = clock.seconds

@@ -28,7 +28,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving import server
-    return server.main(args)
+    if args.tf_serving:  # exec's tensorflow_model_server with the terminal as it is
+        return server.main(args)
+    from pipeline import configs, console
+    with console.session(configs.DEFAULT_OUTPUT_DIR, "serve", args.verbose):
+        return server.main(args)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -37,8 +41,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_kubeflow_compile(args: argparse.Namespace) -> int:
+    from pipeline import configs, console
     from pipeline.kubeflow import compile as kubeflow_compile
-    return kubeflow_compile.main(args)
+    with console.session(configs.DEFAULT_OUTPUT_DIR, "kubeflow-compile", args.verbose):
+        return kubeflow_compile.main(args)
 
 
 def _cmd_kubeflow_submit(args: argparse.Namespace) -> int:
@@ -52,7 +58,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _add_kubeflow_parsers(sub) -> None:
-    from pipeline import configs
+    from pipeline import configs, console
     from pipeline.kubeflow import compile as kubeflow_compile
     k = configs.KubeflowSettings()
     kf = sub.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines 2.x, submit "
@@ -63,6 +69,7 @@ def _add_kubeflow_parsers(sub) -> None:
                           description="Compile the graft DAG with TFX's KubeflowV2DagRunner; "
                           "the Trainer requests GPUs.")
     kubeflow_compile.add_compile_arguments(p)
+    console.add_verbose_argument(p, "graft-output/logs")
     p.set_defaults(func=_cmd_kubeflow_compile)
     p = kf_sub.add_parser("submit", help="upload the spec and start a run or a cron schedule")
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://127.0.0.1:8080")
@@ -128,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Evaluator -> Pusher on the local Beam runner. Without --data it trains on an embedded "
         "offline data set.",
     )
-    from pipeline import configs
+    from pipeline import configs, console
     configs.add_run_arguments(p)
+    console.add_verbose_argument(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -146,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving_flags.add_serve_arguments(p)
     p.add_argument("--tf-serving", action="store_true",
                    help="exec the real tensorflow_model_server (must be on PATH)")
+    console.add_verbose_argument(p, "graft-output/logs")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUTPUT/retrain.lock (kubeflow/README.md).",
     )
     configs.add_run_arguments(p)
+    console.add_verbose_argument(p)
     p.set_defaults(func=_cmd_retrain)
     return parser
 

@@ -22,12 +22,6 @@ DEFAULT_MODEL_NAME = "graft"
 COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "components")
 
-# The embedded offline demo data set (scikit-learn's digits, see pipeline/data/demo_dataset.py):
-# small images, so a small input size and few epochs keep `graft run` under 10 minutes on 2 cores.
-DEMO_PER_CLASS = 60
-DEMO_PNG_SIZE = 64
-DEMO_TRAINING = {"image_size": 96, "epochs": 25, "fine_tune_epochs": 3}
-
 __all__ = ["DEFAULT_BACKBONE", "PipelineConfig", "TrainingConfig"]
 
 
@@ -37,7 +31,7 @@ class PipelineConfig:
 
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     # Data.
-    data_dir: str = ""                      # holds span-N/{train,eval}/*; empty = embedded demo
+    data_dir: str = ""                      # holds span-N/{train,eval}/*
     num_spans: int = config_field(1, "train on a rolling window of the last K spans")
     max_bad_image_fraction: float = config_field(
         0.1, "fail when more than this fraction of a split's images do not decode (fewer are "
@@ -117,7 +111,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="",
                    help="directory with span-N/{train,eval}/* TFRecords and labels.txt, or a "
                    "folder of class sub-folders (converted first), or 'flowers' (downloads "
-                   "tf_flowers); default: the embedded offline demo set")
+                   "tf_flowers); default: the demo photos shipped with graft (300 of tf_flowers)")
     p.add_argument("--output", default=DEFAULT_OUTPUT_DIR,
                    help="pipeline root, ML Metadata and report go here (default %(default)s)")
     p.add_argument("--serving-dir", default="", help="push target (default OUTPUT/serving)")
@@ -138,12 +132,12 @@ def read_label_names(data_dir: str) -> tuple:
 
 
 def from_args(args: argparse.Namespace, *, data_dir: str, label_names: tuple, output_dir: str,
-              serving_dir: str = "", demo: bool = False, code_version: str = "") -> PipelineConfig:
-    """The config of a run: defaults, then the demo's defaults (demo set), then given flags."""
+              serving_dir: str = "", code_version: str = "") -> PipelineConfig:
+    """The config of a run: defaults (of the chosen --recipe), then the given flags."""
     given = {f.name: getattr(args, f.name) for _, f in flag_fields()
              if getattr(args, f.name, None) is not None}
     training_names = {f.name for f in dataclasses.fields(TrainingConfig)}
-    training = {**RECIPES[given.get("recipe", "default")], **(DEMO_TRAINING if demo else {}),
+    training = {**RECIPES[given.get("recipe", "default")],
                 **{k: v for k, v in given.items() if k in training_names}}
     pipeline = {k: v for k, v in given.items() if k not in training_names}
     return PipelineConfig(

@@ -23,6 +23,9 @@ from pipeline.configs import COMPONENTS_DIR, PipelineConfig
 
 TRANSFORM_MODULE = os.path.join(COMPONENTS_DIR, "transform.py")
 TRAINER_MODULE = os.path.join(COMPONENTS_DIR, "trainer.py")
+# The same functions by import path (create_pipeline(module_files=False)).
+TRANSFORM_FN = "components.transform.preprocessing_fn"
+TRAINER_FN = "components.trainer.run_fn"
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -62,7 +65,8 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
                     metadata_connection_config=None,
                     trainer_platform_config=None,
                     span_window: bool = True, baseline: bool = True,
-                    baseline_skips_candidate: bool = True) -> tfx.dsl.Pipeline:
+                    baseline_skips_candidate: bool = True,
+                    module_files: bool = True) -> tfx.dsl.Pipeline:
     """The DAG. For Kubeflow (pipeline/kubeflow/compile.py): span_window=False feeds
     ExampleGen's latest span straight to Transform, Trainer and Evaluator (the same data when
     num_spans == 1; TFX's KubeflowV2 compiler has no SpanRangeStrategy); baseline=False drops
@@ -70,7 +74,12 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     the accuracy floor alone; baseline_skips_candidate=False uses TFX's stock
     LatestBlessedModelStrategy (the only one the Vertex compiler takes), which may compare an
     unchanged rerun's model with itself. ImageCheck fails the run when more than
-    config.max_bad_image_fraction of a split has images that do not decode."""
+    config.max_bad_image_fraction of a split has images that do not decode.
+    module_files=False names the Transform and Trainer functions by import path (TFX's
+    documented `preprocessing_fn` / `run_fn` parameters) instead of module files, so TFX builds
+    no user-code wheel and pip-installs none in the components: the local runner, where the
+    components import the installed graft package; there config.training.code_version (which
+    then hashes components/) stands in for the wheel's hash in the cache key."""
     input_config = tfx.proto.Input(splits=[
         tfx.proto.Input.Split(name="train", pattern=config.train_pattern),
         tfx.proto.Input.Split(name="eval", pattern=config.eval_pattern),
@@ -107,12 +116,15 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
 
     custom_config = training.to_custom_config()
     transform = tfx.components.Transform(
-        examples=examples, schema=schema_gen.outputs["schema"], module_file=TRANSFORM_MODULE,
+        examples=examples, schema=schema_gen.outputs["schema"],
+        **({"module_file": TRANSFORM_MODULE} if module_files else
+           {"preprocessing_fn": TRANSFORM_FN}),
         materialize=False, disable_statistics=True, custom_config=custom_config)
     transform.add_upstream_node(data_gate)
 
     trainer = tfx.components.Trainer(
-        module_file=TRAINER_MODULE, examples=examples,
+        **({"module_file": TRAINER_MODULE} if module_files else {"run_fn": TRAINER_FN}),
+        examples=examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"], custom_config=custom_config)
     if trainer_platform_config is not None:

@@ -42,6 +42,7 @@ from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 
+from pipeline import console  # noqa: E402
 from serving import admission, flags, predict as predict_lib, protos  # noqa: E402
 from serving.model_store import ModelStore  # noqa: E402
 
@@ -72,7 +73,8 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
 
 
 def _log(message: str) -> None:
-    print(message, flush=True)
+    """A line of the server's own: the terminal (pipeline/console.py), not the log file."""
+    console.say(message)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -267,8 +269,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
 def main(args: argparse.Namespace) -> int:
     if args.tf_serving:
         if args.tls_cert:
-            print("error: --tls-cert/--tls-key are for graft's own server; give "
-                  "tensorflow_model_server its --ssl_config_file instead", file=sys.stderr)
+            console.error("--tls-cert/--tls-key are for graft's own server; give "
+                          "tensorflow_model_server its --ssl_config_file instead")
             return 2
         return exec_tf_serving(args)
     from PIL import Image
@@ -276,7 +278,7 @@ def main(args: argparse.Namespace) -> int:
 
     problem = _check_args(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        console.error(problem)
         return 2
     if not args.tls_cert and args.host not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: serving plaintext on {args.host}; anyone who can reach the port can "
@@ -289,7 +291,7 @@ def main(args: argparse.Namespace) -> int:
             with open(args.tls_cert, "rb") as f:
                 tls = (key, f.read())
         except OSError as e:
-            print(f"error: cannot read the TLS key or certificate: {e}", file=sys.stderr)
+            console.error(f"cannot read the TLS key or certificate: {e}")
             return 2
     limits = limits_from_args(args)
     admission.limit_malloc_arenas()
@@ -304,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         server, port = build_server(store, args.host, args.port, limits, tls)
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.error(str(e))
         return 1
 
     stop = threading.Event()

@@ -24,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.runners import follow
+
 import fault_data
 from pipeline_runs import REPO, TWO_PHASES, graft
 
 pytestmark = pytest.mark.e2e
 
 COMMON = TWO_PHASES + ["--min-accuracy", 0.4]
-TRAINER_STARTED = "graft trainer: backbone="
+TRAINER_STARTED = follow.start_line("Trainer")  # the console's line: the Trainer is RUNNING
 BEFORE_TRAINER = ("ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen",
                   "ExampleValidator", "DataGate", "Transform")
 

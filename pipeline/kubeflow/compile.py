@@ -20,9 +20,8 @@ import argparse
 import dataclasses
 import os
 import shlex
-import sys
 
-from pipeline import configs
+from pipeline import configs, console
 
 PARAM_DATA = "data_root"
 PARAM_SERVING = "serving_dir"
@@ -164,10 +163,10 @@ def main(args) -> int:
     try:
         job = compile_spec(args)
     except (ValueError, FileNotFoundError) as e:
-        print("error: %s" % e, file=sys.stderr)
+        console.error(str(e))
         return 2
     write_spec(job, args.output)
     tasks = sorted(job["pipelineSpec"]["root"]["dag"]["tasks"])
-    print("graft kubeflow compile: %s (%d tasks, image %s, target %s)"
-          % (args.output, len(tasks), args.image, args.target))
+    console.say("graft kubeflow compile: %s (%d tasks, image %s, target %s)"
+                % (args.output, len(tasks), args.image, args.target))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.reporting import diagnostics
+from pipeline.reporting import diagnostics, pixel_baseline
 from pipeline.reporting.facts import baseline_rule
 
 
@@ -48,6 +48,9 @@ def format_summary(facts: dict) -> str:
         if acc is not None:
             why = "eval accuracy %.4f: %s" % (acc, why)
         lines.append("  blessed: %s (%s)" % ("yes" if blessed else "no", why))
+    if facts.get("pixel_baseline"):
+        lines.append(pixel_baseline.summary_line(facts["pixel_baseline"],
+                                                 facts["evaluation"].get("accuracy")))
     push = facts["push"]
     if push:
         reason = push.get("push_reason")

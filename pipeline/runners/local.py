@@ -1,19 +1,24 @@
 """`graft run`: the pipeline on TFX's LocalDagRunner with the Beam DirectRunner.
 
 The runner owns the paths (output dir, pipeline root, SQLite ML Metadata, serving dir),
-prepares the input data (embedded demo set, class folders, or image TFRecords), runs
-create_pipeline() and prints a summary read back from ML Metadata, then writes
-OUTPUT/report.html (pipeline/reporting/), failed runs included. A failure ends with one line
-`error: ...` on stderr (no traceback).
+prepares the input data (the demo photos shipped with graft, class folders, or image
+TFRecords), runs create_pipeline() and prints a summary read back from ML Metadata, then writes
+OUTPUT/report.html (pipeline/reporting/), failed runs included.
+
+What the user sees (pipeline/console.py): one line per component as it starts and finishes
+(pipeline/runners/follow.py), the Trainer's progress (components/progress.py) and the summary,
+which compares the model with a logistic regression on raw pixels of the same split
+(pipeline/reporting/pixel_baseline.py); TensorFlow, absl, Beam and pip write to
+OUTPUT/logs/run-*.log, named in the summary. A failure ends with one line `error: ...` on
+stderr (no traceback), which names the log.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 
-from pipeline import configs
+from pipeline import configs, console
 from pipeline.configs import COMPONENTS_DIR
 
 FLOWERS_URL = ("https://storage.googleapis.com/download.tensorflow.org/example_images/"
@@ -21,14 +26,15 @@ FLOWERS_URL = ("https://storage.googleapis.com/download.tensorflow.org/example_i
 
 
 def code_version() -> str:
-    """Hash of the component code that TFX does not hash itself (sub-packages of components/,
-    e.g. backbones/): editing it must invalidate the Transform/Trainer cache."""
+    """Hash of the code the components import from components/ (top-level modules and
+    sub-packages such as backbones/; not custom/, whose components TFX runs in-process and
+    whose edits need not retrain). The local runner names the Transform/Trainer functions by
+    import path, so no user-code wheel's hash does this: editing it must invalidate the
+    Transform/Trainer cache."""
     h = hashlib.sha256()
     # os.walk itself (not sorted(os.walk)) so that pruning `dirs` really skips custom/.
     for root, dirs, files in os.walk(COMPONENTS_DIR):
         dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "custom"))
-        if root == COMPONENTS_DIR:
-            continue  # top-level modules are hashed by TFX's user-code wheel
         for name in sorted(files):
             if name.endswith(".py"):
                 path = os.path.join(root, name)
@@ -50,11 +56,9 @@ def _has_class_folders(path: str) -> bool:
 
 def prepare_data(data: str, output_dir: str) -> tuple[str, bool]:
     """Returns (TFRecords data dir, is_demo)."""
-    from pipeline.data import demo_dataset, make_tfrecords
+    from pipeline.data import demo, make_tfrecords
     if not data:
-        root = os.path.join(output_dir, "demo-data")
-        return demo_dataset.build(root, per_class=configs.DEMO_PER_CLASS,
-                                  image_size=configs.DEMO_PNG_SIZE), True
+        return demo.build(output_dir), True
     if data == "flowers":
         import tensorflow as tf
         archive = tf.keras.utils.get_file("flower_photos.tgz", FLOWERS_URL, extract=True)
@@ -70,7 +74,8 @@ def prepare_data(data: str, output_dir: str) -> tuple[str, bool]:
 
 
 def run(config: configs.PipelineConfig) -> None:
-    """Compile and run the pipeline in this process."""
+    """Compile and run the pipeline in this process (Transform/Trainer by import path: no
+    user-code wheel is built or pip-installed; code_version keys their cache)."""
     from tfx import v1 as tfx
 
     from pipeline.pipeline import create_pipeline
@@ -78,34 +83,58 @@ def run(config: configs.PipelineConfig) -> None:
     pipeline = create_pipeline(
         config, beam_pipeline_args=config.beam_args(),
         metadata_connection_config=tfx.orchestration.metadata
-        .sqlite_metadata_connection_config(config.metadata_path))
+        .sqlite_metadata_connection_config(config.metadata_path), module_files=False)
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
 def main(args) -> int:
+    output = os.path.abspath(args.output)
+    with console.session(output, "run", getattr(args, "verbose", False)):
+        return _main(args, output)
+
+
+def _main(args, output: str) -> int:
+    from pipeline.runners import follow
     start = time.time()
     try:
-        data_dir, demo = prepare_data(args.data, os.path.abspath(args.output))
+        data_dir, demo = prepare_data(args.data, output)
         config = configs.from_args(
             args, data_dir=os.path.abspath(data_dir),
-            label_names=configs.read_label_names(data_dir),
-            output_dir=os.path.abspath(args.output),
+            label_names=configs.read_label_names(data_dir), output_dir=output,
             serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
-            demo=demo, code_version=code_version())
+            code_version=code_version())
     except (OSError, ValueError) as e:
         from pipeline.reporting import errors
-        print("error: %s" % errors.error_line(e, os.path.abspath(args.output)), file=sys.stderr)
+        console.error(errors.error_line(e, output))
         return 2
-    print("graft run: %d classes from %s, backbone %s, output %s"
-          % (config.training.num_classes, config.data_dir, config.training.backbone,
-             config.output_dir),
-          flush=True)
+    t = config.training
+    console.say("graft run: %d classes from %s, backbone %s at %d px, output %s"
+                % (t.num_classes, "the demo photos (pipeline/data/demo_flowers, NOTICE)"
+                   if demo else config.data_dir, t.backbone, t.input_size(),
+                   config.output_dir))
     failed = None
+    follower = follow.Follower(config.metadata_path, start, console.say).start()
     try:
         run(config)
     except Exception as e:  # the summary still says which components finished
         failed = e
+    finally:
+        follower.stop()
     return finish(config, start, failed)
+
+
+def _pixel_baseline(config, run_facts: dict) -> None:
+    """run_facts["pixel_baseline"]: the logistic regression on raw pixels of the same split,
+    for a run that has an eval accuracy to compare with."""
+    from pipeline.reporting import pixel_baseline
+    span = run_facts["data"].get("span")
+    if run_facts["failed"] is not None or span is None \
+            or run_facts["evaluation"].get("accuracy") is None:
+        return
+    try:
+        run_facts["pixel_baseline"] = pixel_baseline.for_run(config, span)
+    except Exception as e:  # noqa: BLE001 - a yardstick must not fail a finished run
+        run_facts["notes"].append("pixel baseline: not computed (%s)" % e)
 
 
 def finish(config: configs.PipelineConfig, start: float, failed: Exception | None) -> int:
@@ -114,17 +143,20 @@ def finish(config: configs.PipelineConfig, start: float, failed: Exception | Non
     run_facts = None
     try:
         run_facts = facts.collect(config, time.time() - start, failed, since=start)
-        print(summary.format_summary(run_facts), flush=True)
+        _pixel_baseline(config, run_facts)
+        console.say(summary.format_summary(run_facts))
     except Exception as e:  # noqa: BLE001 - e.g. a full disk; the error line still comes
-        print("graft run summary unavailable: %s" % errors.root_message(e), flush=True)
+        console.say("graft run summary unavailable: %s" % errors.root_message(e))
     try:
         if run_facts is None:
             raise RuntimeError("no facts of the run to report")
-        print("  report: %s" % report.write(run_facts), flush=True)
+        console.say("  report: %s" % report.write(run_facts))
     except Exception as e:  # noqa: BLE001
-        print("  report: not written (%s)" % errors.root_message(e), flush=True)
+        console.say("  report: not written (%s)" % errors.root_message(e))
+    session = console.current()
+    if session is not None and session.log_path:
+        console.say("  log: %s (TensorFlow, Beam, pip; -v shows it here)" % session.log_path)
     if failed is not None:
-        print("error: %s" % errors.error_line(failed, config.output_dir), file=sys.stderr,
-              flush=True)
+        console.error(errors.error_line(failed, config.output_dir))
         return 1
     return 0

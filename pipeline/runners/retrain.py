@@ -18,9 +18,8 @@ import fcntl
 import glob
 import os
 import re
-import sys
 
-from pipeline import configs
+from pipeline import configs, console
 
 LOCK_NAME = "retrain.lock"
 LOCKED = 3
@@ -120,8 +119,7 @@ def trained_spans(metadata_path: str) -> set[int]:
 
 def main(args) -> int:
     if not args.data or not os.path.isdir(args.data):
-        print("error: --data must be a directory of span-N TFRecords (got %r)" % args.data,
-              file=sys.stderr)
+        console.error("--data must be a directory of span-N TFRecords (got %r)" % args.data)
         return 2
     output = os.path.abspath(args.output)
     defaults = configs.PipelineConfig()
@@ -132,17 +130,20 @@ def main(args) -> int:
         with RetrainLock(output):
             spans = available_spans(args.data, train_pattern, eval_pattern)
             if not spans:
-                print("error: no span in %s matches %s and %s"
-                      % (args.data, train_pattern, eval_pattern), file=sys.stderr)
+                console.error("no span in %s matches %s and %s"
+                              % (args.data, train_pattern, eval_pattern))
                 return 2
             latest = spans[-1]
             if latest in trained_spans(os.path.join(output, "metadata.sqlite")):
-                print("graft retrain: nothing new: latest span %d already trained" % latest)
+                console.say("graft retrain: nothing new: latest span %d already trained"
+                            % latest)
                 return 0
-            print("graft retrain: span %d is new, running the pipeline" % latest, flush=True)
-            from pipeline.runners import local
-            return local.main(args)
+            # Only a run gets a log (OUTPUT/logs/retrain-*.log): cron's "nothing new" does not.
+            with console.session(output, "retrain", getattr(args, "verbose", False)):
+                console.say("graft retrain: span %d is new, running the pipeline" % latest)
+                from pipeline.runners import local
+                return local.main(args)
     except Locked as e:
-        print("graft retrain: another graft retrain holds %s (pid %s); not starting"
-              % (lock_path, e.args[0]), file=sys.stderr)
+        console.say("graft retrain: another graft retrain holds %s (pid %s); not starting"
+                    % (lock_path, e.args[0]), err=True)
         return LOCKED
