@@ -92,6 +92,10 @@ def main(args) -> int:
             output_dir=os.path.abspath(args.output),
             serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
             demo=demo, code_version=code_version())
+        handle = config.training.backbone[len("hub:"):]
+        if config.training.backbone.startswith("hub:") and "://" not in handle \
+                and not os.path.isdir(handle):
+            raise FileNotFoundError("--backbone hub:%s: no such SavedModel directory" % handle)
     except (OSError, ValueError) as e:
         from pipeline.reporting import errors
         print("error: %s" % errors.error_line(e, os.path.abspath(args.output)), file=sys.stderr)
