@@ -276,6 +276,15 @@ class HubLayer(tf_keras.layers.Layer):
     def handle(self) -> str:
         return self._handle
 
+    def input_shapes(self) -> str:
+        """The input shapes the module's traced __call__ accepts, for error messages."""
+        try:
+            shapes = {str(f.structured_input_signature[0][0].shape)
+                      for f in self._func.__call__.concrete_functions}
+        except (AttributeError, IndexError, TypeError):
+            return ""
+        return " or ".join(sorted(shapes))
+
     def call(self, inputs, training=None):
         if not self._has_training:
             return self._func(inputs)
@@ -313,10 +322,10 @@ class HubBackbone(registry.Backbone):
         layer = HubLayer(self.handle, fetch=fetch, name="hub_module")
         try:
             features = layer(inputs, training=False)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError):
             raise ValueError(f"backbone {self.name}: the module does not take float32 "
-                             f"[batch, {size}, {size}, 3] images (--image-size?): "
-                             f"{str(e).splitlines()[0][:300]}") from None
+                             f"[batch, {size}, {size}, 3] images; it takes "
+                             f"{layer.input_shapes() or 'other inputs'} (--image-size?)") from None
         if len(features.shape) != 2:
             raise ValueError(f"backbone {self.name}: the module returns shape "
                              f"{features.shape}, not [batch, features]; graft takes image "
