@@ -20,7 +20,6 @@ import tensorflow as tf
 import tf_keras
 
 from components import dataset, image_ops, model as model_lib, trainer
-from components.backbones import registry
 from pipeline import configs
 
 
@@ -52,7 +51,7 @@ def main() -> int:
                             label_names=configs.read_label_names(args.data),
                             output_dir="").training
     tf_keras.utils.set_random_seed(cfg.seed)
-    backbone = registry.get_backbone(cfg.backbone)
+    backbone = cfg.get_backbone()
     train_files = sorted(glob.glob(os.path.join(args.data, "span-1/train/*")))
     eval_files = sorted(glob.glob(os.path.join(args.data, "span-1/eval/*")))
     batch = cfg.batch_size
@@ -70,6 +69,12 @@ def main() -> int:
     best1, best2 = trainer.best(phase1), trainer.best(phase2)
     result = {"phase1_val_accuracy": best1.get("val_accuracy"),
               "phase2_val_accuracy": best2.get("val_accuracy"), "phase2_kept": best2.get("kept"),
+              "phase2_label": phase2.get("phase"),
+              "phase2_trainable_base_layers": phase2.get("trainable_base_layers"),
+              "phase2_trainable_base_weights": len(classifier.base.trainable_weights),
+              "phase2_epochs_run": best2.get("epochs_run"),
+              "phase2_val_accuracy_per_epoch": phase2.get("val_accuracy"),
+              "phase2_epoch_end_seconds": phase2.get("epoch_end_seconds"),
               "final_val_accuracy": float(final["accuracy"]),
               "phase1_seconds": round(phase1.get("seconds", 0), 1),
               "phase2_seconds": round(phase2.get("seconds", 0), 1),

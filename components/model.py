@@ -7,7 +7,8 @@ wrapped in a model of their own that takes pooled features, so phase 1 can train
 cached features (components/feature_cache.py) and the full model carries the result.
 
 Phase 1 trains the head on the frozen base. Phase 2 unfreezes the top of the base
-(`TrainingConfig.fine_tune_count`), keeps every BatchNormalization layer frozen, and trains
+(`TrainingConfig.fine_tune_count`; a hub: module is one layer, unfrozen whole), keeps every
+BatchNormalization layer frozen, and trains
 with its own optimizer and schedule (AdamW with a warm-up + cosine decay by default). Both
 phases use label smoothing when configured.
 
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import tensorflow as tf
 import tf_keras
 
+from components.backbones import hub
 from components.training_config import TrainingConfig
 
 SCRATCH_BN_MOMENTUM = 0.9
@@ -64,7 +66,9 @@ def build(backbone, cfg: TrainingConfig) -> Classifier:
     # Pretrained: BatchNorm always in inference mode. From scratch: BatchNorm learns its
     # statistics (training follows the Keras learning phase).
     x = base(inputs) if scratch else base(inputs, training=False)
-    pooled = tf_keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(x)
+    # A hub: image feature vector is pooled already ([B, D]); the other bases give [B, h, w, D].
+    pooled = tf_keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(x) if len(x.shape) == 4 \
+        else tf_keras.layers.Identity(name=POOL_LAYER)(x)
     model = tf_keras.Model(inputs, apply_head(pooled), name="graft_classifier")
     features = tf_keras.Input((pooled.shape[-1],), name="features")
     head = tf_keras.Model(features, apply_head(features), name="graft_head")
@@ -132,6 +136,19 @@ def unfreeze_top(base, num_layers: int) -> int:
         trainable = i >= cutoff and not isinstance(layer, tf_keras.layers.BatchNormalization)
         layer.trainable = trainable
     return sum(1 for layer in base.layers if layer.trainable and layer.trainable_weights)
+
+
+def phase2_label(base) -> str:
+    """What phase 2 trains of `base`, for the log and the run summary: a hub: module is one
+    block, fine-tuned whole (BatchNorm in inference mode when the module has a `training`
+    argument, since graft calls the base with training=False)."""
+    modules = [layer for layer in base.layers
+               if isinstance(layer, hub.HubLayer) and layer.trainable]
+    if not modules:
+        return "phase 2"
+    bn = "BatchNorm in inference mode" if modules[0].has_training_argument else \
+        "module has no training argument"
+    return "phase 2 (whole hub module, %s)" % bn
 
 
 def steps(examples: int, batch_size: int) -> int:

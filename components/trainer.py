@@ -33,7 +33,6 @@ from components import (
     progress,
     signatures,
 )
-from components.backbones import registry
 from components.training_config import TrainingConfig
 
 
@@ -163,11 +162,12 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
             rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
             model_lib.compile_for(model, model_lib.optimizer(
                 cfg.fine_tune_optimizer, rate, cfg.weight_decay), cfg)
-        print("graft trainer: phase 2 with %d of %d base layers trainable (%s, %s, peak "
-              "learning rate %g)" % (unfrozen, len(base.layers), cfg.fine_tune_optimizer,
+        label = model_lib.phase2_label(base)
+        print("graft trainer: %s with %d of %d base layers trainable (%s, %s, peak "
+              "learning rate %g)" % (label, unfrozen, len(base.layers), cfg.fine_tune_optimizer,
                                      cfg.fine_tune_schedule, cfg.fine_tune_learning_rate))
         phase2 = _fit(model, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
-                      callbacks, "phase 2", class_weight=weights)
+                      callbacks, label, class_weight=weights)
         phase2["trainable_base_layers"] = unfrozen
     if phase2 and best(phase2).get("val_loss", float("inf")) > best(phase1)["val_loss"]:
         # Fine-tuning never makes the model worse: keep phase 1's weights.
@@ -183,7 +183,7 @@ def run_fn(fn_args) -> None:
     cfg = TrainingConfig.from_custom_config(fn_args.custom_config)
     tf_keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    backbone = registry.get_backbone(cfg.backbone)
+    backbone = cfg.get_backbone()
     size = cfg.input_size()
     strategy = distribution.choose_strategy()
     policy = distribution.configure_precision()

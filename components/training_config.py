@@ -41,12 +41,20 @@ class TrainingConfig:
     image_key: str = config_field("image", "tf.Example key of the encoded image bytes")
     label_key: str = config_field("label", "tf.Example key of the int64 label")
     # Model.
-    backbone: str = config_field(DEFAULT_BACKBONE, "backbone name")
+    backbone: str = config_field(
+        DEFAULT_BACKBONE, "backbone name, or hub:HANDLE: a TF Hub/Kaggle model URL or a local "
+        "TF2 SavedModel image feature vector (what hub.KerasLayer loads); phase 2 fine-tunes "
+        "such a module as one block (see --fine-tune-fraction)")
     weights: str = config_field(
         "imagenet", "'imagenet', a local weights file, or 'none' (random init: one phase trains "
         "every layer from scratch)")
     image_size: Optional[int] = config_field(
-        None, "input size in pixels (default: the backbone's native size)", type=int)
+        None, "input size in pixels (default: the backbone's native size; 224 for hub:)",
+        type=int)
+    hub_value_range: str = config_field(
+        "0,1", "hub: backbones: the RGB value range the module takes, 'LO,HI' (TF Hub image "
+        "modules take [0, 1]); the Transform graph scales 0..255 onto it")
+    hub_fingerprint: str = ""              # hash of a local hub: module (cache key)
     head_units: int = 128
     dropout: float = 0.5
     # Training. Phase 1: the head on the frozen base (on cached features by default).
@@ -62,7 +70,9 @@ class TrainingConfig:
     fine_tune_learning_rate: float = config_field(1e-4, "phase 2 peak learning rate")
     fine_tune_fraction: float = config_field(
         1.0, "fraction of the base's layers unfrozen in phase 2, counted from the top "
-        "(BatchNorm layers stay frozen)")
+        "(BatchNorm layers stay frozen; any fraction > 0 unfreezes at least one layer). A hub: "
+        "module is one layer: > 0 fine-tunes all its variables at the phase 2 learning rate, "
+        "BatchNorm statistics in inference mode")
     fine_tune_layers: Optional[int] = config_field(
         None, "top base layers unfrozen in phase 2 (overrides --fine-tune-fraction)", type=int)
     fine_tune_schedule: str = config_field(
@@ -99,15 +109,23 @@ class TrainingConfig:
 
     def fine_tune_count(self, num_base_layers: int) -> int:
         """How many of the base's top layers phase 2 unfreezes: `fine_tune_layers` if set,
-        else `fine_tune_fraction` of the base's layers (rounded), at most all of them."""
+        else `fine_tune_fraction` of the base's layers (rounded; at least one when the fraction
+        is > 0), at most all of them."""
         if self.fine_tune_layers is not None:
             return min(int(self.fine_tune_layers), num_base_layers)
-        return min(num_base_layers, int(round(self.fine_tune_fraction * num_base_layers)))
+        count = int(round(self.fine_tune_fraction * num_base_layers))
+        if self.fine_tune_fraction > 0:
+            count = max(1, count)  # a hub: module is a single layer
+        return min(num_base_layers, count)
+
+    def get_backbone(self):
+        """The configured backbone (registry name or hub:HANDLE with its value range)."""
+        from components.backbones import registry
+        return registry.get_backbone(self.backbone, hub_value_range=self.hub_value_range)
 
     def input_size(self) -> int:
         """The input size in pixels: configured, or the backbone's native size."""
-        from components.backbones import registry
-        return registry.get_backbone(self.backbone).resolve_size(self.image_size)
+        return self.get_backbone().resolve_size(self.image_size)
 
     def to_custom_config(self) -> dict[str, Any]:
         """The JSON-able dict that travels as TFX `custom_config` (keys in field order)."""

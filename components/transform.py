@@ -12,7 +12,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 from components import image_ops
-from components.backbones import registry
 from components.training_config import TrainingConfig
 
 IMAGE_XF = "image_xf"
@@ -22,7 +21,7 @@ LABEL_XF = "label_xf"
 def preprocessing_fn(inputs, custom_config):
     """tf.Transform preprocessing_fn (no analyzers: a pure per-example mapping)."""
     cfg = TrainingConfig.from_custom_config(custom_config)
-    backbone = registry.get_backbone(cfg.backbone)
+    backbone = cfg.get_backbone()
     image_bytes = image_ops.to_dense_bytes(inputs[cfg.image_key])
     images = image_ops.decode_resize(image_bytes, cfg.input_size())
     outputs = {IMAGE_XF: tf.cast(backbone.preprocess(images), tf.float32)}

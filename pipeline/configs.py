@@ -140,6 +140,9 @@ def from_args(args: argparse.Namespace, *, data_dir: str, label_names: tuple, ou
     training = {**RECIPES[given.get("recipe", "default")],
                 **{k: v for k, v in given.items() if k in training_names}}
     pipeline = {k: v for k, v in given.items() if k not in training_names}
+    if str(training.get("backbone", "")).startswith("hub:"):
+        from components.backbones import hub  # a local module's content is part of the key
+        training["hub_fingerprint"] = hub.fingerprint(training["backbone"])
     return PipelineConfig(
         training=TrainingConfig(label_names=tuple(label_names), code_version=code_version,
                                 **training),

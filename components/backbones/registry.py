@@ -10,6 +10,7 @@ base (``include_top=False``) or the 1000-class classifier. Everything is ``tf_ke
 'caffe' (ResNet, VGG: BGR, ImageNet mean subtracted), 'efficientnet' (EfficientNetB*: own
 Rescaling/Normalization, takes 0..255) and 'lite' (EfficientNet-Lite: (x - 127) / 128).
 Consumers should rely on ``preprocess()`` and ``value_range`` rather than on ``family``.
+``hub:HANDLE`` names a TF Hub image feature vector instead (family 'hub', see hub.py).
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def _resolve_weights(weights):
 class Backbone:
     name: str            # e.g. 'efficientnet_lite0', 'resnet50'
     input_size: int      # native pixels
-    family: str          # 'mobilenet' | 'caffe' | 'efficientnet' | 'lite'
+    family: str          # 'mobilenet' | 'caffe' | 'efficientnet' | 'lite' | 'hub'
     value_range: tuple   # (lo, hi) of what preprocess() outputs for inputs in [0,255]
 
     def resolve_size(self, image_size: int | None) -> int:
@@ -124,13 +125,19 @@ _REGISTRY = {name: Backbone(name, s.input_size, s.family, tuple(float(v) for v i
              for name, s in _SPECS.items()}
 
 
-def get_backbone(name) -> Backbone:
-    """The registered Backbone called ``name``; ValueError listing valid names otherwise."""
+def get_backbone(name, hub_value_range: str = "0,1") -> Backbone:
+    """The registered Backbone called ``name``, or for ``hub:HANDLE`` a TF Hub module
+    (components/backbones/hub.py) taking ``hub_value_range``; ValueError listing valid names
+    otherwise."""
+    if isinstance(name, str) and name.startswith("hub:"):
+        from components.backbones import hub
+        return hub.backbone(name, hub_value_range)
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown backbone {name!r}; valid names: "
-                         f"{', '.join(names())}") from None
+                         f"{', '.join(names())}, or hub:HANDLE (a TF Hub/Kaggle URL or a "
+                         "TF2 SavedModel directory)") from None
 
 
 def names() -> list[str]:

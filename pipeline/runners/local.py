@@ -103,6 +103,10 @@ def _main(args, output: str) -> int:
             label_names=configs.read_label_names(data_dir), output_dir=output,
             serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
             code_version=code_version())
+        handle = config.training.backbone[len("hub:"):]
+        if config.training.backbone.startswith("hub:") and "://" not in handle \
+                and not os.path.isdir(handle):
+            raise FileNotFoundError("--backbone hub:%s: no such SavedModel directory" % handle)
     except (OSError, ValueError) as e:
         from pipeline.reporting import errors
         console.error(errors.error_line(e, output))
