@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -163,22 +164,34 @@ def test_gating_split_prefers_test():
     assert gating_split(["train", "eval"]) == "eval"
 
 
+@pytest.fixture(scope="module")
+def float16_export(trained, tmp_path_factory):
+    """export() of the float16 model: (result, artifact dir)."""
+    from components.custom import tflite_export
+    model_dir, examples, cfg, _, _ = trained
+    out = tmp_path_factory.mktemp("float16")
+    return tflite_export.export(model_dir, str(examples), ["train", "eval"], cfg, "float16",
+                                str(out)), out
+
+
 @pytest.mark.parametrize("case", ["within", "forced_fail", "not_pushed"])
-def test_push_rule(trained, tmp_path, case):
+def test_push_rule(trained, float16_export, tmp_path, case):
     """Pushed next to the SavedModel's version only within max_drop; a max_drop no model can
     meet (-1: it would have to beat the SavedModel by 100 points) and a SavedModel that was
     not pushed both leave the serving dir without a TFLite version."""
     from components.custom import tflite_export
-    model_dir, examples, cfg, _, _ = trained
+    cfg = trained[2]
     serving = tmp_path / "serving"
     max_drop = -1.0 if case == "forced_fail" else 0.01
     savedmodel_push = ({"pushed": 0, "version": 0, "reason": "model not blessed by the Evaluator"}
                        if case == "not_pushed" else
                        {"pushed": 1, "version": 1234, "reason": "pushed as version 1234"})
+    exported, exported_dir = float16_export
     out = tmp_path / "artifact"
-    result = tflite_export.export_and_push(model_dir, str(examples), ["train", "eval"], cfg,
-                                           "float16", str(out), max_drop, savedmodel_push,
-                                           str(serving), "flowers")
+    shutil.copytree(exported_dir, out)
+    assert exported["format"] == "float16" and exported["drop"] <= 0.01, exported
+    result = tflite_export.apply_push(exported, str(out), cfg.label_names, max_drop,
+                                      savedmodel_push, str(serving), "flowers")
     assert json.loads((out / tflite_export.RESULT_FILE).read_text()) == result
     version_dir = serving / "flowers-tflite" / "1234"
     if case == "within":

@@ -83,10 +83,19 @@ def export(model_dir: str, examples_uri: str, split_names: list, cfg: TrainingCo
 def export_and_push(model_dir: str, examples_uri: str, split_names: list, cfg: TrainingConfig,
                     fmt: str, out_dir: str, max_drop: float, savedmodel_push: dict,
                     serving_dir: str, model_name: str) -> dict:
-    """export(), then the push rule (tflite.push_decision); writes out_dir/tflite_export.json.
+    """export(), then apply_push()."""
+    result = export(model_dir, examples_uri, split_names, cfg, fmt, out_dir)
+    return apply_push(result, out_dir, cfg.label_names, max_drop, savedmodel_push, serving_dir,
+                      model_name)
+
+
+def apply_push(result: dict, out_dir: str, label_names, max_drop: float, savedmodel_push: dict,
+               serving_dir: str, model_name: str) -> dict:
+    """The push rule (tflite.push_decision) on export()'s result; pushes out_dir's model to
+    SERVING_DIR/NAME-tflite/VERSION when it passes; writes out_dir/tflite_export.json.
     savedmodel_push: {'pushed', 'version', 'reason'} of the SavedModel in this run (pushed is
     False when it was not blessed)."""
-    result = export(model_dir, examples_uri, split_names, cfg, fmt, out_dir)
+    result = dict(result)
     push, why = tflite.push_decision(result["tflite_accuracy"], result["savedmodel_accuracy"],
                                      max_drop, bool(savedmodel_push["pushed"]),
                                      savedmodel_push.get("reason", ""))
@@ -94,7 +103,7 @@ def export_and_push(model_dir: str, examples_uri: str, split_names: list, cfg: T
     if push:
         version = int(savedmodel_push["version"])
         with tf.io.gfile.GFile(os.path.join(out_dir, tflite.MODEL_FILE), "rb") as f:
-            destination = tflite.push(f.read(), cfg.label_names,
+            destination = tflite.push(f.read(), label_names,
                                       os.path.join(serving_dir, model_name + TFLITE_SUFFIX),
                                       version)
         why = "pushed as version %d: %s" % (version, why)
