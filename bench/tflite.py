@@ -11,11 +11,13 @@ the backbone's preprocessing inside; int8 calibrated on 150 training images) and
 the eval split against the SavedModel's `serving_default` on the same images (decode + resize
 by the Transform's ops, rounded to uint8 for TFLite).
 
-Latency: median of `--repeats` single-image calls after warm-up, on one fixed eval image, with
-1 and 2 threads: TFLite `Interpreter(num_threads=N)` on the uint8 image; the SavedModel in a
-fresh process with TensorFlow's intra- and inter-op threads set to N, (a) the same uint8
-image through the loaded Keras model with the same preprocessing (the same work as TFLite)
-and (b) `serving_default` on the JPEG bytes (decode + resize too, what TF Serving runs).
+Latency: single-image calls on one fixed eval image, with 1 and 2 threads, in a fresh process
+per thread count (TensorFlow's intra- and inter-op threads = N, `Interpreter(num_threads=N)`),
+every contender called in turn, round after round (`--repeats`), so load from other jobs hits
+them alike; median and minimum. Contenders: each TFLite format on the uint8 image; the
+SavedModel on the same uint8 image through the loaded Keras model with the same preprocessing
+(the same work as TFLite); and, for context, its `serving_default` on the JPEG bytes (decode
+and resize too, what TF Serving runs).
 Writes bench/results/tflite.json.
 """
 from __future__ import annotations
@@ -24,8 +26,10 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -56,8 +60,11 @@ def _probe(args) -> tuple[bytes, np.ndarray]:
     return data, tflite.decode_uint8([data], cfg.input_size())[0]
 
 
-def savedmodel_latency(args) -> dict:
-    """Run in a fresh process: TensorFlow's thread pools are fixed at first use."""
+def latencies(args) -> dict:
+    """Run in a fresh process (TensorFlow's thread pools are fixed at first use), with
+    args.threads threads for TensorFlow and every interpreter: single-image calls of every
+    contender interleaved round by round (so load from other jobs hits them alike); median
+    and minimum ms per contender."""
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -68,11 +75,24 @@ def savedmodel_latency(args) -> dict:
     loaded = tf.saved_model.load(args.model_dir)
     fn = tflite.uint8_function(loaded, registry.get_backbone(cfg.backbone), cfg.input_size())
     serve = loaded.signatures["serving_default"]
-    uint8_ms = tflite.latency_ms(lambda im: fn(tf.constant(im[np.newaxis])), image,
-                                 args.repeats)
-    bytes_ms = tflite.latency_ms(lambda d: serve(image_bytes=tf.constant([d])), data,
-                                 args.repeats)
-    return {"uint8_ms": round(uint8_ms, 2), "raw_bytes_ms": round(bytes_ms, 2)}
+    batch = tf.constant(image[np.newaxis])
+    calls = {"savedmodel": lambda: fn(batch),
+             "savedmodel_serving_default_bytes": lambda: serve(image_bytes=tf.constant([data]))}
+    for path in args.tflite_files.split(","):
+        runner = tflite.Runner(model_path=path, num_threads=args.threads)
+        calls[os.path.basename(path).rsplit(".", 1)[0]] = \
+            lambda runner=runner: runner.predict_one(image)
+    times = {name: [] for name in calls}
+    for _ in range(3):  # warm-up
+        for call in calls.values():
+            call()
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return {name: {"median_ms": round(float(np.median(t)), 2), "min_ms": round(min(t), 2)}
+            for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -86,6 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--representative", type=int, default=150)
     p.add_argument("--out", default="tflite.json")
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)  # subprocess mode
+    p.add_argument("--tflite-files", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.model_dir:
         found = sorted(glob.glob(DEFAULT_MODEL_GLOB))
@@ -95,7 +116,7 @@ def main(argv=None) -> int:
             return 2
         args.model_dir = found[-1]
     if args.threads:
-        print(json.dumps(savedmodel_latency(args)))
+        print(json.dumps(latencies(args)))
         return 0
 
     import tensorflow as tf
@@ -118,42 +139,46 @@ def main(argv=None) -> int:
     variables = tflite.directory_bytes(os.path.join(args.model_dir, "variables"))
     rows["savedmodel"] = {"size_mb": round(tflite.directory_bytes(args.model_dir) / 1e6, 2),
                           "variables_mb": round(variables / 1e6, 2)}
-    for threads in (1, 2):
-        cmd = [sys.executable, "-m", "bench.tflite", "--model-dir", args.model_dir, "--data",
-               args.data, "--backbone", args.backbone, "--repeats", str(args.repeats),
-               "--threads", str(threads)] + (
-                   ["--image-size", str(args.image_size)] if args.image_size else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        lat = json.loads(out.stdout.strip().splitlines()[-1])
-        rows["savedmodel"]["latency_ms_%d_thread" % threads] = lat["uint8_ms"]
-        rows["savedmodel"]["serving_default_bytes_latency_ms_%d_thread" % threads] = \
-            lat["raw_bytes_ms"]
-        print("savedmodel %d thread(s): %s" % (threads, lat), flush=True)
-
     loaded = tf.saved_model.load(args.model_dir)
+    workdir = tempfile.mkdtemp(prefix="graft-bench-tflite-")
+    files = []
     for fmt in args.formats.split(","):
         start = time.time()
         content = tflite.convert(loaded, backbone, size, fmt,
                                  representative if fmt == "int8" else None)
         seconds = time.time() - start
+        files.append(os.path.join(workdir, fmt + ".tflite"))
+        with open(files[-1], "wb") as f:
+            f.write(content)
         scores = tflite.compare(args.model_dir, tflite.Runner(model_content=content,
                                                               num_threads=2),
                                 tflite.iter_examples(eval_files, cfg.image_key, cfg.label_key,
                                                      compression=""))
         rows["savedmodel"]["accuracy"] = round(scores["savedmodel_accuracy"], 4)
         rows["savedmodel"]["eval_images"] = scores["count"]
-        row = {"size_mb": round(len(content) / 1e6, 2), "convert_s": round(seconds, 1),
-               "accuracy": round(scores["tflite_accuracy"], 4),
-               "drop_points": round(100 * (scores["savedmodel_accuracy"]
-                                           - scores["tflite_accuracy"]), 2),
-               "max_abs_diff_vs_savedmodel": round(scores["max_abs_diff"], 5)}
-        for threads in (1, 2):
-            runner = tflite.Runner(model_content=content, num_threads=threads)
-            row["latency_ms_%d_thread" % threads] = round(
-                tflite.latency_ms(runner.predict_one, probe, args.repeats), 2)
-        rows[fmt] = row
-        print("%s: %s" % (fmt, row), flush=True)
+        rows[fmt] = {"size_mb": round(len(content) / 1e6, 2), "convert_s": round(seconds, 1),
+                     "accuracy": round(scores["tflite_accuracy"], 4),
+                     "drop_points": round(100 * (scores["savedmodel_accuracy"]
+                                                 - scores["tflite_accuracy"]), 2),
+                     "max_abs_diff_vs_savedmodel": round(scores["max_abs_diff"], 5)}
+        print("%s: %s" % (fmt, rows[fmt]), flush=True)
+
+    for threads in (1, 2):
+        cmd = [sys.executable, "-m", "bench.tflite", "--model-dir", args.model_dir, "--data",
+               args.data, "--backbone", args.backbone, "--repeats", str(args.repeats),
+               "--threads", str(threads), "--tflite-files", ",".join(files)] + (
+                   ["--image-size", str(args.image_size)] if args.image_size else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        lat = json.loads(out.stdout.strip().splitlines()[-1])
+        print("%d thread(s): %s" % (threads, lat), flush=True)
+        for name, value in lat.items():
+            row = rows.setdefault(name, {}) if name != "savedmodel_serving_default_bytes" \
+                else rows["savedmodel"]
+            key = "serving_default_bytes_" if name == "savedmodel_serving_default_bytes" else ""
+            row["%slatency_ms_%d_thread" % (key, threads)] = value["median_ms"]
+            row["%slatency_min_ms_%d_thread" % (key, threads)] = value["min_ms"]
+    shutil.rmtree(workdir, ignore_errors=True)
 
     targets = {}
     if "int8" in rows and "float32" in rows:

@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the TFX pipeline on the local Beam runner",
         description="ExampleGen -> statistics/schema/validation -> Transform -> Trainer -> "
-        "Evaluator -> Pusher on the local Beam runner. Without --data it trains on an embedded "
-        "offline data set.",
+        "Evaluator -> Pusher -> TFLite export on the local Beam runner. Without --data it "
+        "trains on an embedded offline data set.",
     )
     from pipeline import configs
     configs.add_run_arguments(p)

@@ -248,3 +248,43 @@ def test_predict_needs_model_or_tflite(capsys):
     from pipeline import cli
     assert cli.main(["predict", "x.jpg"]) == 2
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_metadata_for_the_task_library(float32_model):
+    """With tflite-support importable (extra `tflite-metadata` + the system's libusb-1.0):
+    image-classifier metadata with the labels, uint8 pixels in, and the model still runs."""
+    try:
+        from tensorflow_lite_support.metadata.python import metadata
+    except Exception as e:  # noqa: BLE001 - ImportError or a missing native library
+        pytest.skip("tflite-support not importable: %s" % e)
+    from components.custom import tflite
+    content, note = tflite.add_metadata(float32_model, LABELS)
+    assert note.startswith("image-classifier metadata"), note
+    displayer = metadata.MetadataDisplayer.with_model_buffer(content)
+    assert displayer.get_packed_associated_file_list() == ["labels.txt"]
+    assert displayer.get_associated_file_buffer("labels.txt").decode().split() == list(LABELS)
+    meta = json.loads(displayer.get_metadata_json())
+    process = meta["subgraph_metadata"][0]["input_tensor_metadata"][0]["process_units"][0]
+    assert process["options"] == {"mean": [0.0], "std": [1.0]}
+    image = np.zeros([SIZE, SIZE, 3], np.uint8)
+    assert np.allclose(tflite.Runner(model_content=content).predict_one(image),
+                       tflite.Runner(model_content=float32_model).predict_one(image))
+
+
+def test_metadata_reason_without_tflite_support(float32_model, monkeypatch):
+    """Without tflite-support the model is kept as it is and the reason is stated."""
+    import builtins
+
+    from components.custom import tflite
+    real_import = builtins.__import__
+
+    def no_support(name, *args, **kwargs):
+        if name.startswith("tensorflow_lite_support"):
+            raise ImportError("libusb-1.0.so.0: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_support)
+    content, note = tflite.add_metadata(float32_model, LABELS)
+    assert content == float32_model
+    assert note == ("no metadata: tflite-support not importable (libusb-1.0.so.0: cannot open "
+                    "shared object file)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 import uuid
 
 import numpy as np
@@ -249,15 +248,3 @@ def push_decision(tflite_accuracy: float, savedmodel_accuracy: float, max_drop: 
 def directory_bytes(path: str) -> int:
     return sum(tf.io.gfile.stat(os.path.join(root, n)).length
                for root, _, names in tf.io.gfile.walk(path) for n in names)
-
-
-def latency_ms(fn, image, repeats: int = 50) -> float:
-    """Median wall milliseconds of fn(image) after two warm-up calls (benchmarks only)."""
-    for _ in range(2):
-        fn(image)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(image)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
