@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--representative", type=int, default=150)
     p.add_argument("--out", default="tflite.json")
+    p.add_argument("--keep", default="", metavar="DIR",
+                   help="keep the converted FORMAT.tflite files in DIR")
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)  # subprocess mode
     p.add_argument("--tflite-files", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -140,7 +142,8 @@ def main(argv=None) -> int:
     rows["savedmodel"] = {"size_mb": round(tflite.directory_bytes(args.model_dir) / 1e6, 2),
                           "variables_mb": round(variables / 1e6, 2)}
     loaded = tf.saved_model.load(args.model_dir)
-    workdir = tempfile.mkdtemp(prefix="graft-bench-tflite-")
+    workdir = args.keep or tempfile.mkdtemp(prefix="graft-bench-tflite-")
+    os.makedirs(workdir, exist_ok=True)
     files = []
     for fmt in args.formats.split(","):
         start = time.time()
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
         with open(files[-1], "wb") as f:
             f.write(content)
         scores = tflite.compare(args.model_dir, tflite.Runner(model_content=content,
-                                                              num_threads=2),
+                                                              num_threads=1),
                                 tflite.iter_examples(eval_files, cfg.image_key, cfg.label_key,
                                                      compression=""))
         rows["savedmodel"]["accuracy"] = round(scores["savedmodel_accuracy"], 4)
@@ -178,7 +181,8 @@ def main(argv=None) -> int:
             key = "serving_default_bytes_" if name == "savedmodel_serving_default_bytes" else ""
             row["%slatency_ms_%d_thread" % (key, threads)] = value["median_ms"]
             row["%slatency_min_ms_%d_thread" % (key, threads)] = value["min_ms"]
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
 
     targets = {}
     if "int8" in rows and "float32" in rows:

@@ -67,7 +67,9 @@ def export(model_dir: str, examples_uri: str, split_names: list, cfg: TrainingCo
         representative = tflite.decode_uint8([b for b, _ in sample], size)
     model = tf.saved_model.load(model_dir)
     content = tflite.convert(model, backbone, size, fmt, representative)
-    runner = tflite.Runner(model_content=content, num_threads=os.cpu_count())
+    # One thread: measured on a busy 2-core machine, a 2-thread interpreter's median call was
+    # 100x its best (thread-pool stalls, bench/results/tflite.json); one thread never stalls.
+    runner = tflite.Runner(model_content=content, num_threads=1)
     scores = tflite.compare(model_dir, runner, tflite.iter_examples(
         gating_files, cfg.image_key, cfg.label_key))
     content, metadata = tflite.add_metadata(content, cfg.label_names)
