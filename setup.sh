@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tfx, pipeline.cli'
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   start=$(date +%s)
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[lite12]'
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[lite12,tflite-metadata]'
   echo "setup: installed in $(( $(date +%s) - start )) s"
 fi
 

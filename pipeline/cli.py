@@ -36,6 +36,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.tflite:
+        from serving import tflite_predict
+        return tflite_predict.main(args)
+    if not args.model:
+        print("error: --model is required (or --tflite FILE for local inference)",
+              file=sys.stderr)
+        return 2
     from serving import client
     return client.main(args)
 
@@ -132,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the TFX pipeline on the local Beam runner",
         description="ExampleGen -> statistics/schema/validation -> Transform -> Trainer -> "
-        "Evaluator -> Pusher on the local Beam runner. Without --data it trains on an embedded "
-        "offline data set.",
+        "Evaluator -> Pusher -> TFLite export on the local Beam runner. Without --data it "
+        "trains on an embedded offline data set.",
     )
     from pipeline import configs, console
     configs.add_run_arguments(p)
@@ -159,11 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="classify images through a TF Serving gRPC endpoint",
+        help="classify images through a TF Serving gRPC endpoint (or a local TFLite model)",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--server", default="127.0.0.1:8500", help="HOST:PORT (default 127.0.0.1:8500)")
-    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--model", default=None, help="model name (required without --tflite)")
+    p.add_argument("--tflite", default=None, metavar="FILE",
+                   help="run this model.tflite locally instead (labels.txt beside it names "
+                        "the classes); same output")
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--timeout", type=float, default=30.0)

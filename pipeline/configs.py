@@ -18,6 +18,7 @@ from components.training_config import DEFAULT_BACKBONE, RECIPES, TrainingConfig
 
 DEFAULT_OUTPUT_DIR = "graft-output"
 DEFAULT_MODEL_NAME = "graft"
+TFLITE_FORMATS = ("none", "float32", "float16", "int8")
 # The code that runs inside TFX components (module files live at its top level).
 COMPONENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "components")
@@ -44,6 +45,13 @@ class PipelineConfig:
         0.0, "how much lower (accuracy, 0.01 = 1 point) than the last blessed model's a new "
         "model may score on the same eval split and still be blessed")
     model_name: str = config_field(DEFAULT_MODEL_NAME, "served model name")
+    # TFLite export (components/custom/tflite_export.py).
+    tflite: str = config_field(
+        "int8", "TFLite export after the Trainer, pushed to SERVING_DIR/NAME-tflite/VERSION/ "
+        "(int8: full-integer quantization; none: no export)", choices=TFLITE_FORMATS)
+    tflite_max_drop: float = config_field(
+        0.01, "push the TFLite model only if its accuracy on the gating split is at most this "
+        "much below the SavedModel's on the same images (0.01 = 1 point)")
     # Where things go (owned by the runner).
     pipeline_name: str = "graft"
     output_dir: str = DEFAULT_OUTPUT_DIR

@@ -4,10 +4,11 @@ ImportExampleGen -> ImageCheck (drops records whose image does not decode) ->
 span window (SpanRangeStrategy) -> StatisticsGen -> SchemaGen ->
 ExampleValidator -> DataGate -> Transform (materialize=False) -> Trainer ->
 latest blessed model other than the candidate (pipeline/baseline.py) -> Evaluator ->
-VersionedPusher.
+VersionedPusher -> TFLiteExport (unless config.tflite == 'none').
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -18,6 +19,7 @@ from tfx.proto import range_config_pb2
 from components.custom.data_gate import DataGate
 from components.custom.image_check import ImageCheck
 from components.custom.pusher import VersionedPusher
+from components.custom.tflite_export import TFLiteExport
 from pipeline.baseline import LatestBlessedOtherModelStrategy
 from pipeline.configs import COMPONENTS_DIR, PipelineConfig
 
@@ -150,13 +152,21 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
                              serving_dir=config.resolved_serving_dir,
                              model_name=config.model_name)
 
+    tflite_export = None if config.tflite == "none" else TFLiteExport(
+        model=trainer.outputs["model"], examples=checked,
+        model_blessing=evaluator.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
+        training_config=json.dumps(custom_config), tflite_format=config.tflite,
+        max_drop=config.tflite_max_drop, serving_dir=config.resolved_serving_dir,
+        model_name=config.model_name)
+
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[c for c in (example_gen, image_check, span_resolver, statistics_gen,
                                 schema_gen,
                                 example_validator, data_gate, transform, trainer,
-                                model_resolver, evaluator, pusher) if c is not None],
+                                model_resolver, evaluator, pusher, tflite_export)
+                    if c is not None],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

@@ -126,7 +126,12 @@ def main(args: argparse.Namespace) -> int:
             names[index] = name
         results.append((path, (probs, index)))
     channel.close()
+    return print_results(results, names, args.top_k, args.json)
 
+
+def print_results(results: list, names: dict, top_k: int, as_json: bool) -> int:
+    """Prints [(file, (probabilities, index) | error message)] in the output contract above
+    (also `graft predict --tflite`'s); returns the exit status (1 if any failed)."""
     failed = 0
     for path, result in results:
         if isinstance(result, str):
@@ -134,8 +139,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: {path}: {result}", file=sys.stderr, flush=True)
             continue
         probs, _ = result
-        order = sorted(range(len(probs)), key=lambda i: -probs[i])[: args.top_k]
-        if args.json:
+        order = sorted(range(len(probs)), key=lambda i: -probs[i])[:top_k]
+        if as_json:
             print(json.dumps({"file": path, "predictions": [
                 {"class": names.get(i), "index": i, "probability": probs[i]} for i in order]}),
                 flush=True)

@@ -21,7 +21,7 @@ DEFAULT_ARGS = ["kubeflow", "compile", "--image", IMAGE, "--pipeline-root", "gs:
                 "--data", "gs://BUCKET/data", "--labels",
                 "daisy,dandelion,roses,sunflowers,tulips"]
 TASKS = {"ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
-         "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher"}
+         "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher", "TFLiteExport"}
 
 
 def compile_to(path: Path, *extra) -> dict:
@@ -49,6 +49,8 @@ def test_spec_has_the_pipeline_tasks_and_no_resolver(compiled):
     assert not any("resolver" in e for e in spec["deploymentSpec"]["executors"].values())
     deps = spec["root"]["dag"]["tasks"]["VersionedPusher"]["dependentTasks"]
     assert set(deps) == {"Evaluator", "Trainer"}
+    deps = spec["root"]["dag"]["tasks"]["TFLiteExport"]["dependentTasks"]
+    assert set(deps) == {"Evaluator", "ImageCheck", "Trainer", "VersionedPusher"}
 
 
 def test_trainer_requests_gpus_and_components_cpu_memory(compiled):

@@ -89,6 +89,25 @@ def test_first_run_blessed_and_pushed(runs):
     assert len(record["fingerprint"]) == 64
 
 
+def test_tflite_exported_and_pushed_beside_the_savedmodel(runs):
+    """TFLiteExport (default --tflite int8) ran after the pusher: its summary line, and the
+    pushed model.tflite + labels.txt under digits-tflite/VERSION when within 1 point (14 eval
+    images here: one image is 7 points, so a drop is allowed to block the push)."""
+    out = runs["first"].stdout
+    line = next(x for x in out.splitlines() if x.startswith("  TFLite int8: "))
+    version = _numeric(runs["versions_after_first"])[0]
+    tflite_dir = runs["serving"] / "digits-tflite" / version
+    if "not pushed: " in line:
+        assert "points below the SavedModel's" in line, line
+        assert not tflite_dir.exists()
+    else:
+        assert "pushed as version %s" % version in line, line
+        assert sorted(os.listdir(tflite_dir)) == ["labels.txt", "model.tflite"]
+        assert (tflite_dir / "labels.txt").read_text().split() == \
+            (runs["data"] / "labels.txt").read_text().split()
+    assert not (runs["serving"] / "digits" / version / "model.tflite").exists()
+
+
 def test_pushed_model_classifies_held_back_raw_bytes(runs):
     import tensorflow as tf
 

@@ -227,3 +227,26 @@ def test_from_scratch_run_is_labelled_as_such():
     assert "Training (from scratch: random init, every layer trained)" in html
     assert "<td>from scratch</td>" in html and "frozen base" not in html
     assert "phase 1: frozen base" in report_html.render(synthetic_facts())
+
+
+def test_exports_table_and_summary_line():
+    """A row per exported format (TFLiteExport's facts): size, accuracy, drop, push."""
+    exports = [{"format": "SavedModel", "size_bytes": 14_300_000, "accuracy": 0.9412,
+                "drop": 0.0, "split": "eval split, 204 images"},
+               {"format": "TFLite int8", "size_bytes": 4_110_000, "accuracy": 0.9363,
+                "drop": 0.0049, "split": "eval split, 204 images", "pushed": False,
+                "destination": "", "reason": "accuracy 0.9363 is 0.49 points below the "
+                "SavedModel's 0.9412 (allowed: 0.00)"}]
+    html = report_html.render(synthetic_facts(exports=exports))
+    section = html[html.index("<h2>Exports</h2>"):]
+    section = section[:section.index("</section>")]
+    assert "eval split, 204 images" in section
+    rows = re.findall(r"<tr><td>(.*?)</td><td class=\"num\">(.*?)</td><td class=\"num\">(.*?)"
+                      r"</td><td class=\"num\">(.*?)</td><td>(.*?)</td></tr>", section)
+    assert [r[:4] for r in rows] == [("SavedModel", "14.30 MB", "0.9412", "0.00"),
+                                     ("TFLite int8", "4.11 MB", "0.9363", "0.49")]
+    assert rows[1][4].startswith("not pushed: accuracy 0.9363 is 0.49 points below")
+    assert "<h2>Exports</h2>" not in report_html.render(synthetic_facts())
+    line = summary.format_summary(synthetic_facts(exports=exports)).splitlines()[-1]
+    assert line == ("  TFLite int8: 4.11 MB, accuracy 0.9363 (-0.49 points vs SavedModel); "
+                    "not pushed: " + exports[1]["reason"])

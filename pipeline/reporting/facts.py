@@ -22,7 +22,7 @@ from pipeline.reporting import diagnostics, mlmd
 from pipeline.reporting.errors import root_message
 
 NODE_ORDER = ["ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
-              "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher"]
+              "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher", "TFLiteExport"]
 
 
 def _b64(data: bytes) -> str:
@@ -266,6 +266,26 @@ def outcome_facts(store, executions: dict) -> dict:
     return out
 
 
+def export_facts(store, executions: dict) -> list:
+    """One row per exported format, from TFLiteExport's artifact (absent with --tflite none):
+    [{format, size_bytes, accuracy, drop, pushed, destination, reason}], the SavedModel first
+    (its accuracy measured by TFLiteExport on the same gating-split images)."""
+    if "TFLiteExport" not in executions:
+        return []
+    for a in mlmd.output_artifacts(store, executions["TFLiteExport"]):
+        c = lambda k, d=None: mlmd.custom(a, k, d)  # noqa: E731
+        if c("format") is None:
+            continue
+        split = "%s split, %s images" % (c("split"), c("count"))
+        return [{"format": "SavedModel", "size_bytes": c("savedmodel_size_bytes"),
+                 "accuracy": c("savedmodel_accuracy"), "drop": 0.0, "split": split},
+                {"format": "TFLite " + c("format"), "size_bytes": c("size_bytes"),
+                 "accuracy": c("tflite_accuracy"), "drop": c("drop"), "split": split,
+                 "pushed": bool(c("pushed", 0)), "destination": c("pushed_destination"),
+                 "reason": c("push_reason")}]
+    return []
+
+
 def latest_run_since(store, since: float) -> bool:
     """Whether the latest pipeline run in the store started at or after `since` (seconds)."""
     runs = store.get_contexts_by_type("pipeline_run")
@@ -308,7 +328,8 @@ def collect(config, seconds: float, failed: BaseException | None = None,
              "label_names": label_names,
              "failed": root_message(failed) if failed is not None else None,
              "components": [], "data": {"label_names": label_names, "splits": {}},
-             "training": {}, "evaluation": {}, "blessing": {}, "push": {}, "notes": []}
+             "training": {}, "evaluation": {}, "blessing": {}, "push": {}, "exports": [],
+             "notes": []}
 
     def section(name, fn):
         try:
@@ -350,4 +371,5 @@ def collect(config, seconds: float, failed: BaseException | None = None,
     facts["push"] = outcome.get("push") or {}
     facts["diagnostics"] = section("diagnostics", lambda: diagnostics.collect(
         store, executions, config, facts))
+    facts["exports"] = section("exports", lambda: export_facts(store, executions)) or []
     return facts

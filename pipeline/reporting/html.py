@@ -261,6 +261,24 @@ def _evaluation(f: dict) -> str:
             "%s</div></section>" % (left, right))
 
 
+def _exports(f: dict) -> str:
+    rows = f.get("exports") or []
+    if not rows:
+        return ""
+    body = "".join(
+        "<tr><td>%s</td><td class=\"num\">%s MB</td><td class=\"num\">%s</td>"
+        "<td class=\"num\">%s</td><td>%s</td></tr>"
+        % (_e(r["format"]), _num((r.get("size_bytes") or 0) / 1e6, "%.2f"),
+           _num(r.get("accuracy")), _num(100 * (r.get("drop") or 0.0), "%.2f"),
+           _e("see Outcome" if r["format"] == "SavedModel" else
+              ("pushed: %s" if r.get("pushed") else "not pushed: %s") % r.get("reason")))
+        for r in rows)
+    return ("<section><h2>Exports</h2><p class=\"meta\">accuracy on the %s, TFLite through "
+            "its interpreter on uint8 pixels</p><table><tr><th>format</th><th class=\"num\">"
+            "size</th><th class=\"num\">accuracy</th><th class=\"num\">drop (points)</th>"
+            "<th>push</th></tr>%s</table></section>" % (_e(rows[0].get("split")), body))
+
+
 def _notes(f: dict) -> str:
     notes = f.get("notes") or []
     if not notes:
@@ -272,8 +290,8 @@ def _notes(f: dict) -> str:
 def render(facts: dict) -> str:
     from pipeline.reporting import diagnostics_html as diag
     body = "".join([_header(facts), _outcome(facts), diag.warnings_section(facts), _data(facts),
-                    _training(facts), _evaluation(facts), diag.error_section(facts),
-                    _components(facts), _notes(facts)])
+                    _training(facts), _evaluation(facts), _exports(facts),
+                    diag.error_section(facts), _components(facts), _notes(facts)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<title>%s</title><style>%s</style></head><body><main>%s</main></body></html>\n"

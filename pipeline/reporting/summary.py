@@ -66,6 +66,12 @@ def format_summary(facts: dict) -> str:
                          % (base, facts["model_name"]))
             lines.append("  query: graft predict --server 127.0.0.1:8500 --model %s IMAGE..."
                          % facts["model_name"])
+    for row in facts.get("exports") or []:
+        if row.get("format", "").startswith("TFLite"):
+            lines.append("  %s: %.2f MB, accuracy %.4f (%+.2f points vs SavedModel); %s%s"
+                         % (row["format"], (row.get("size_bytes") or 0) / 1e6,
+                            row.get("accuracy") or 0.0, -100 * (row.get("drop") or 0.0),
+                            "" if row.get("pushed") else "not pushed: ", row.get("reason")))
     if facts["failed"] is not None:
         lines.append("  FAILED: %s" % facts["failed"])
         if states:
