@@ -15,6 +15,7 @@ import time
 
 from pipeline import configs
 from pipeline.configs import COMPONENTS_DIR
+from pipeline.data import splits
 
 FLOWERS_URL = ("https://storage.googleapis.com/download.tensorflow.org/example_images/"
                "flower_photos.tgz")
@@ -92,6 +93,7 @@ def main(args) -> int:
             output_dir=os.path.abspath(args.output),
             serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else "",
             demo=demo, code_version=code_version())
+        config, gate_note = splits.resolve(config)  # test split, or eval with a note
     except (OSError, ValueError) as e:
         from pipeline.reporting import errors
         print("error: %s" % errors.error_line(e, os.path.abspath(args.output)), file=sys.stderr)
@@ -100,6 +102,8 @@ def main(args) -> int:
           % (config.training.num_classes, config.data_dir, config.training.backbone,
              config.output_dir),
           flush=True)
+    if gate_note:
+        print("graft run: %s" % gate_note, flush=True)
     failed = None
     try:
         run(config)
