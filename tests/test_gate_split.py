@@ -120,3 +120,23 @@ def test_wilson_interval(accuracy, n, low, high):
     from pipeline.reporting.facts import wilson
     assert wilson(accuracy, n) == pytest.approx([low, high], abs=1e-4)
     assert wilson(None, n) is None and wilson(0.5, 0) is None
+
+
+def test_span_merge_links_every_split_of_every_span(tmp_path):
+    from components.custom.span_merge import merge_examples
+
+    inputs = []
+    for span, names in ((1, ("train", "eval")), (2, ("train", "eval", "test"))):
+        uri = tmp_path / ("in%d" % span)
+        for name in names:
+            (uri / ("Split-" + name)).mkdir(parents=True)
+            (uri / ("Split-" + name) / "data.gz").write_bytes(b"%d-%s" % (span, name.encode()))
+        inputs.append((str(uri), list(names), span))
+    out = tmp_path / "merged"
+    assert merge_examples(inputs, str(out)) == {"train": 2, "eval": 2, "test": 1}
+    assert sorted(p.name for p in (out / "Split-train").iterdir()) == [
+        "span-1-0-data.gz", "span-2-1-data.gz"]
+    assert (out / "Split-eval" / "span-2-1-data.gz").read_bytes() == b"2-eval"
+    assert (out / "Split-test" / "span-2-1-data.gz").read_bytes() == b"2-test"
+    assert (out / "Split-train" / "span-1-0-data.gz").stat().st_ino == (
+        tmp_path / "in1" / "Split-train" / "data.gz").stat().st_ino  # linked, not copied

@@ -197,9 +197,12 @@ def evaluation_facts(evaluation_uri: str, num_classes: int) -> dict:
                     elif sub_key == "" and name == "example_count":
                         out["example_count"] = v
     if model == "candidate":  # the last blessed model, scored on the same examples
-        out["baseline_accuracy"] = _overall(tfma.load_eval_result(evaluation_uri,
-                                                                  model_name="baseline"),
-                                            "sparse_categorical_accuracy")
+        try:
+            out["baseline_accuracy"] = _overall(
+                tfma.load_eval_result(evaluation_uri, model_name="baseline"),
+                "sparse_categorical_accuracy")
+        except Exception:  # noqa: BLE001 - the candidate's facts stand without it
+            out["baseline_accuracy"] = None
     out["confusion"] = confusion_matrix(result.plots or [], num_classes)
     validation = tfma.load_validation_result(evaluation_uri)
     out["validation_ok"] = bool(validation.validation_ok)
