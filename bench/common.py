@@ -136,10 +136,25 @@ def trainer_summary(log_text: str) -> dict:
 
 
 def eval_accuracy(log_text: str):
-    """The Evaluator's accuracy from the `graft run` summary, or None."""
+    """The Evaluator's (gating) accuracy from the `graft run` summary's blessed line, or
+    None; logs of runs before the test split say "eval accuracy" there too."""
     import re
-    m = re.search(r"eval accuracy ([0-9.]+)", log_text)
+    m = re.search(r"blessed: \w+ \((?:test|eval) accuracy ([0-9.]+)", log_text) or \
+        re.search(r"eval accuracy ([0-9.]+)", log_text)
     return float(m.group(1)) if m else None
+
+
+def summary_accuracies(log_text: str) -> dict:
+    """{role: {split, accuracy, ci95, examples}} from the summary's accuracy lines
+    ('test accuracy 0.9333, 95 % CI 0.88-0.96 (150 examples): gates the push')."""
+    import re
+    out = {}
+    for m in re.finditer(r"^  (test|eval) accuracy ([0-9.]+), 95 % CI ([0-9.]+)-([0-9.]+) "
+                         r"\((\d+) examples\): (.*)$", log_text, re.M):
+        out[m.group(6)] = {"split": m.group(1), "accuracy": float(m.group(2)),
+                           "ci95": [float(m.group(3)), float(m.group(4))],
+                           "examples": int(m.group(5))}
+    return out
 
 
 def write_json(name: str, data: dict) -> Path:

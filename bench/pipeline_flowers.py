@@ -6,8 +6,10 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
 - `seed, cache`: `--recipe seed` (the same recipe, phase 1 on cached features: the cache alone);
 - `default`: every default;
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX.
-Per arm: Evaluator accuracy, accuracy after each phase, per-component seconds, the Trainer's
-phases (feature extraction, head, fine-tuning), peak memory of the process tree (PSS).
+Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
+with the summary's accuracy lines and their 95 % intervals), accuracy after each phase,
+per-component seconds, the Trainer's phases (feature extraction, head, fine-tuning), peak
+memory of the process tree (PSS).
 Writes bench/results/pipeline_flowers.json (or --out) and prints a markdown table.
 
     .venv/bin/python -m bench.pipeline_flowers [--data IMAGES_DIR] [--work DIR] [--arms ...]
@@ -43,6 +45,9 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
     phase2 = history.get("phase2") or {}
     return {"flags": flags, "pipeline": run,
             "evaluator_accuracy": common.eval_accuracy(log),
+            "gate_split": "test" if "blessed: yes (test" in log or "blessed: no (test" in log
+            else "eval",
+            "accuracies": common.summary_accuracies(log),
             "phase1_val_accuracy": training["phase1"].get("val_accuracy"),
             "phase2_val_accuracy": training["phase2"].get("val_accuracy"),
             "phase2_kept": training["phase2"].get("kept"),
@@ -68,6 +73,9 @@ def main() -> int:
                    choices=list(ARMS) + ["plain"])
     p.add_argument("--out", default="pipeline_flowers.json",
                    help="results file name under bench/results/")
+    p.add_argument("--split-args", default="",
+                   help="extra `graft make-tfrecords` flags, e.g. '--eval-fraction 0.2 "
+                   "--test-fraction 0' (the 80/20 split of before the test split)")
     args = p.parse_args()
     images = Path(args.data)
     if not images.is_dir():
@@ -78,10 +86,14 @@ def main() -> int:
     data = work / "tfrecords"
     shutil.rmtree(data, ignore_errors=True)
     conv = common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
-                                str(images), str(data)], work / "make_tfrecords.log")
+                                str(images), str(data), *args.split_args.split()],
+                               work / "make_tfrecords.log")
     result = {"machine": common.machine(), "data": str(images),
               "command": " ".join(["python -m bench.pipeline_flowers"] + sys.argv[1:]),
-              "beam_mode": args.beam_mode, "make_tfrecords_seconds": conv["seconds"], "arms": {}}
+              "beam_mode": args.beam_mode, "make_tfrecords_seconds": conv["seconds"],
+              "split": [line.strip() for line in (work / "make_tfrecords.log").read_text()
+                        .splitlines() if line.strip().startswith(("label", "total"))],
+              "arms": {}}
     for name in args.arms:
         if name == "plain":
             plain = common.run_measured([sys.executable, "-m", "bench.plain_keras", "--data",

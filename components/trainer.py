@@ -217,6 +217,7 @@ def run_fn(fn_args) -> None:
                "strategy": type(strategy).__name__, "precision": policy,
                "phase1": best(phase1), "phase2": best(phase2),
                "final_val_accuracy": float(final["accuracy"]),
+               "eval_examples": dataset.count_examples(fn_args.eval_files),
                "final_val_loss": float(final["loss"])}
     # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the chief
     # to the real location, the others to a throwaway directory.

@@ -97,6 +97,7 @@ def _add_kubeflow_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.data import make_tfrecords  # no TensorFlow at import: the defaults
     parser = argparse.ArgumentParser(
         prog="graft",
         description="Transfer learning from pretrained ImageNet backbones as a TFX pipeline, "
@@ -110,12 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert class folders of images into sharded image TFRecords",
         description="Convert IMAGES_DIR/<class>/*.jpg|png|... into TFRecords of tf.Example "
         "(image bytes, int64 label, label text, file name) laid out as "
-        "OUT_DIR/span-N/{train,eval}/*.tfrecord plus OUT_DIR/labels.txt.",
+        "OUT_DIR/span-N/{train,eval,test}/*.tfrecord plus OUT_DIR/labels.txt.",
     )
     p.add_argument("images_dir", metavar="IMAGES_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--eval-fraction", type=float, default=0.2,
-                   help="fraction of each class held out for evaluation (default 0.2)")
+    p.add_argument("--eval-fraction", type=float, default=make_tfrecords.DEFAULT_EVAL_FRACTION,
+                   help="fraction of each class for the eval split: early stopping and "
+                   "phase choice (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=make_tfrecords.DEFAULT_TEST_FRACTION,
+                   help="fraction of each class for the test split, which only the blessing "
+                   "gate reads (default %(default)s; 0 = no test split, train/eval only)")
     p.add_argument("--span", type=int, default=1, help="span number to write (default 1)")
     p.add_argument("--shards", type=int, default=2, help="shards per split (default 2)")
     p.add_argument("--strict", action="store_true",

@@ -1,10 +1,15 @@
 """create_pipeline(): the graft TFX DAG, pure (no I/O), shared by every runner.
 
 ImportExampleGen -> ImageCheck (drops records whose image does not decode) ->
-span window (SpanRangeStrategy) -> StatisticsGen -> SchemaGen ->
-ExampleValidator -> DataGate -> Transform (materialize=False) -> Trainer ->
+span window (SpanRangeStrategy) [-> SpanMerge when num_spans > 1] -> StatisticsGen ->
+SchemaGen -> ExampleValidator -> DataGate -> Transform (materialize=False) -> Trainer ->
 latest blessed model other than the candidate (pipeline/baseline.py) -> Evaluator ->
 VersionedPusher -> TFLiteExport (unless config.tflite == 'none').
+
+Splits: train/eval/test (test only when config.test_pattern is set). The Trainer reads train
+and eval (early stopping and the phase choice); the Evaluator gates on config.gate_split
+(test, or eval when the data has no test split); data validation covers every split of the
+window.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from tfx.proto import range_config_pb2
 from components.custom.data_gate import DataGate
 from components.custom.image_check import ImageCheck
 from components.custom.pusher import VersionedPusher
+from components.custom.span_merge import SpanMerge
 from components.custom.tflite_export import TFLiteExport
 from pipeline.baseline import LatestBlessedOtherModelStrategy
 from pipeline.configs import COMPONENTS_DIR, PipelineConfig
@@ -31,8 +37,8 @@ TRAINER_FN = "components.trainer.run_fn"
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """Accuracy floor AND not worse than the baseline by more than max_regression; per-class
-    recall; confusion matrix."""
+    """Accuracy floor AND not worse than the baseline by more than max_regression (both
+    fractions, on the gating split: test, else eval); per-class recall; confusion matrix."""
     accuracy = tfma.MetricConfig(
         class_name="SparseCategoricalAccuracy",
         threshold=tfma.MetricThreshold(
@@ -83,9 +89,9 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     components import the installed graft package; there config.training.code_version (which
     then hashes components/) stands in for the wheel's hash in the cache key."""
     input_config = tfx.proto.Input(splits=[
-        tfx.proto.Input.Split(name="train", pattern=config.train_pattern),
-        tfx.proto.Input.Split(name="eval", pattern=config.eval_pattern),
-    ])
+        tfx.proto.Input.Split(name=name, pattern=pattern) for name, pattern in (
+            ("train", config.train_pattern), ("eval", config.eval_pattern),
+            ("test", config.test_pattern)) if pattern])
     example_gen = tfx.components.ImportExampleGen(input_base=config.data_dir,
                                                   input_config=input_config)
     training = config.training
@@ -106,7 +112,12 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
         span_resolver = None
         examples = checked
 
-    statistics_gen = tfx.components.StatisticsGen(examples=checked)
+    # Data validation sees what Transform, Trainer and Evaluator read: every split of every
+    # span of the window (StatisticsGen reads one artifact, hence SpanMerge when K > 1).
+    span_merge = (SpanMerge(examples=examples) if span_window and config.num_spans > 1
+                  else None)
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=span_merge.outputs["merged_examples"] if span_merge else examples)
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
@@ -124,11 +135,14 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
         materialize=False, disable_statistics=True, custom_config=custom_config)
     transform.add_upstream_node(data_gate)
 
+    # Named explicitly: the test split must never reach training or early stopping.
     trainer = tfx.components.Trainer(
         **({"module_file": TRAINER_MODULE} if module_files else {"run_fn": TRAINER_FN}),
         examples=examples,
         transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"], custom_config=custom_config)
+        schema=schema_gen.outputs["schema"], custom_config=custom_config,
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]))
     if trainer_platform_config is not None:
         trainer = trainer.with_platform_config(trainer_platform_config)
 
@@ -145,7 +159,7 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     evaluator = tfx.components.Evaluator(
         examples=examples, model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"] if baseline else None,
-        eval_config=eval_config(config))
+        eval_config=eval_config(config), example_splits=[config.gate_split])
 
     pusher = VersionedPusher(model=trainer.outputs["model"],
                              model_blessing=evaluator.outputs["blessing"],
@@ -162,7 +176,8 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[c for c in (example_gen, image_check, span_resolver, statistics_gen,
+        components=[c for c in (example_gen, image_check, span_resolver, span_merge,
+                                statistics_gen,
                                 schema_gen,
                                 example_validator, data_gate, transform, trainer,
                                 model_resolver, evaluator, pusher, tflite_export)

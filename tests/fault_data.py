@@ -31,13 +31,14 @@ def bad_example(image: bytes, filename: str, label: int = 0) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-# (split, position in the shard, filename feature, bytes): 2 of ~58 train, 1 of ~19 eval.
+# (split, position in the shard, filename feature, bytes): 2 of ~50 train, 1 of ~11 test (the
+# split the Evaluator reads).
 def corrupt_records() -> list:
     jpeg = _jpeg(0)
     return [
         ("train", 5, "corrupt/truncated.jpg", jpeg[: len(jpeg) // 2]),
         ("train", 11, "corrupt/random.bin", random.Random(1).randbytes(700)),
-        ("eval", 3, "corrupt/eval-truncated.jpg", jpeg[: len(jpeg) * 2 // 3]),
+        ("test", 3, "corrupt/test-truncated.jpg", jpeg[: len(jpeg) * 2 // 3]),
     ]
 
 
@@ -47,7 +48,7 @@ def inject(data_dir: Path, records=None) -> list:
     import tensorflow as tf
 
     records = corrupt_records() if records is None else records
-    for split in ("train", "eval"):
+    for split in sorted({s for s, _, _, _ in records}):
         shard = sorted((Path(data_dir) / "span-1" / split).iterdir())[0]
         good = [r.numpy() for r in tf.data.TFRecordDataset(str(shard))]
         for s, position, filename, image in records:

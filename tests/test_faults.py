@@ -1,10 +1,10 @@
 """Faults, with real `graft run`s on the small digits set of the e2e test (tests/fault_data.py
-writes 2 corrupt images among the good train records and 1 among the eval records):
+writes 2 corrupt images among the good train records and 1 among the test records):
 
 - SIGKILL of the run's process group while the Trainer executes, then a rerun: what finished
   before the kill is cached, the rerun blesses and pushes, the killed run pushed nothing.
   The same two runs check the corrupt images: the run completes, the summary and
-  report.html name the bad records, the Evaluator saw every good eval record and the model is
+  report.html name the bad records, the Evaluator saw every good test record and the model is
   as good as on clean data (held-back floor of the e2e test).
 - A push whose copy fails halfway leaves no version directory a server would load.
 - More than 10 % of a split corrupt: the run stops at ImageCheck naming the first bad records.
@@ -133,10 +133,10 @@ def test_corrupt_images_do_not_hurt_the_model(killed, data):
     uri = next(a.uri for a in mlmd_query.output_artifacts(store, evaluator)
                if "/evaluation/" in a.uri + "/")
     metrics = eval_metrics(uri)
-    records = sum(1 for f in (data / "span-1" / "eval").iterdir()
+    records = sum(1 for f in (data / "span-1" / "test").iterdir()
                   for _ in tf.data.TFRecordDataset(str(f)))
-    corrupt = sum(1 for r in fault_data.corrupt_records() if r[0] == "eval")
-    assert metrics["example_count"] == records - corrupt  # every good eval record, no crash
+    corrupt = sum(1 for r in fault_data.corrupt_records() if r[0] == "test")
+    assert metrics["example_count"] == records - corrupt  # every good test record, no crash
     assert metrics["sparse_categorical_accuracy"] >= 0.8, metrics
 
     loaded = tf.saved_model.load(str(killed["serving"] / "digits" /
@@ -218,7 +218,7 @@ def test_full_disk_fails_cleanly(data, tiny_disk):
 def test_too_many_corrupt_images_fail_at_image_check(tmp_path):
     data = fault_data.build(tmp_path / "data", corrupt=False)
     fault_data.inject(data, [("eval", i, "corrupt/%d.jpg" % i, b"\xff\xd8 not a jpeg")
-                             for i in range(0, 12, 3)])  # 4 bad of ~22 eval records
+                             for i in range(0, 12, 3)])  # 4 bad of ~15 eval records
     out = tmp_path / "out"
     proc = graft("run", "--data", data, "--output", out, *COMMON, check=False, timeout=300)
     line = _assert_clean_failure(proc, "CorruptImages: split 'eval': 4 of")

@@ -216,8 +216,8 @@ def test_example_gen_entry_point_resolves_the_span(compiled, tmp_path):
     out = json.loads(output_file.read_text())
     meta = out["artifacts"]["examples"]["artifacts"][0]["metadata"]
     assert meta["custom:span"] == 7
-    assert json.loads(meta["split_names"]) == ["train", "eval"]
-    for split in ("train", "eval"):
+    assert json.loads(meta["split_names"]) == ["train", "eval", "test"]
+    for split in ("train", "eval", "test"):
         assert list((tmp_path / "examples" / ("Split-" + split)).glob("*.gz"))
 
 

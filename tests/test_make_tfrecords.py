@@ -69,7 +69,8 @@ def _read(paths) -> list[dict]:
 
 
 def _splits(out: Path, span: int = 1) -> dict[str, list[dict]]:
-    return {s: _read(glob.glob(str(out / f"span-{span}" / s / "*"))) for s in ("train", "eval")}
+    return {s: _read(glob.glob(str(out / f"span-{span}" / s / "*")))
+            for s in make_tfrecords.SPLITS if (out / f"span-{span}" / s).is_dir()}
 
 
 def test_convert_counts_layout_and_roundtrip(images: Path, tmp_path: Path):
@@ -81,7 +82,7 @@ def test_convert_counts_layout_and_roundtrip(images: Path, tmp_path: Path):
     assert (out / "labels.txt").read_text() == "birds\ncats\ndogs\n"
     assert summary.bad_files == [] and summary.empty_classes == []
     assert any("LICENSE.txt" in m for m in logs)
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "test"):
         assert sorted(os.listdir(out / "span-1" / split)) == [
             "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
     assert sorted(os.listdir(out)) == ["labels.txt", "span-1"]  # no temporary left
@@ -102,16 +103,16 @@ def test_convert_counts_layout_and_roundtrip(images: Path, tmp_path: Path):
     assert set(seen) == expected and len(seen) == sum(len(v) for v in records.values())
     for cls, files in spec.items():
         got = {s: sum(1 for n, sp in seen.items() if n.startswith(cls + "/") and sp == s)
-               for s in ("train", "eval")}
+               for s in ("train", "eval", "test")}
         assert got == summary.counts[cls]
-        assert got["train"] >= 1 and got["eval"] >= 1  # every class >= 2 images in both
-        assert got["train"] + got["eval"] == len(files)
+        assert min(got.values()) >= 1  # every class has >= 3 images: one in each split
+        assert sum(got.values()) == len(files)
 
 
 def test_split_is_deterministic(images: Path, tmp_path: Path):
     convert(images, tmp_path / "a", log=lambda m: None)
     convert(images, tmp_path / "b", log=lambda m: None)
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "test"):
         for name in os.listdir(tmp_path / "a" / "span-1" / split):
             a = (tmp_path / "a" / "span-1" / split / name).read_bytes()
             assert a == (tmp_path / "b" / "span-1" / split / name).read_bytes()
@@ -244,8 +245,8 @@ def test_flowers_dev(tmp_path: Path, shared_data: Path):
     assert summary.label_names == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert summary.bad_files == [] and summary.total() == 1000
     for cls, c in summary.counts.items():
-        assert c["train"] + c["eval"] == 200
-        assert 0.12 <= c["eval"] / 200 <= 0.28, (cls, c)
+        assert c["train"] + c["eval"] + c["test"] == 200
+        assert 0.09 <= c["eval"] / 200 <= 0.21 and 0.09 <= c["test"] / 200 <= 0.21, (cls, c)
     assert elapsed < 60, f"flowers-dev conversion took {elapsed:.1f} s"
 
 
@@ -337,10 +338,10 @@ def test_symlinks_leaving_images_dir_are_skipped(images: Path, tmp_path: Path):
 
 
 def _name_in(split: str, cls: str, stem: str) -> str:
-    """A file name whose hash puts '<cls>/<name>' into `split` (eval fraction 0.2)."""
+    """A file name whose hash puts '<cls>/<name>' into `split` (eval 0.2, no test split)."""
     for i in range(1000):
         name = f"{stem}{i}.png"
-        if (make_tfrecords.split_fraction(f"{cls}/{name}") < 0.2) == (split == "eval"):
+        if make_tfrecords.split_of(f"{cls}/{name}", 0.2) == split:
             return name
     raise AssertionError("no name found")
 
@@ -352,7 +353,8 @@ def test_duplicates_across_classes_and_splits_are_reported(images: Path, tmp_pat
     (images / "cats" / eval_name).write_bytes(photo)  # the same photo in train and in eval
     (images / "dogs" / "also-a-cat.png").symlink_to(images / "cats" / train_name)
     logs: list[str] = []
-    summary = convert(images, tmp_path / "out", log=logs.append)
+    summary = convert(images, tmp_path / "out", log=logs.append, eval_fraction=0.2,
+                      test_fraction=0)  # two splits, as before the test split
     assert summary.bad_files == []  # a link inside IMAGES_DIR is followed
     # The fixture's four GIFs are identical too (one class): two groups.
     assert [g["files"][0][0] for g in summary.duplicates] == ["birds/anim0.gif",
@@ -457,3 +459,107 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path: Path):
     assert sorted(os.listdir(out)) == sorted([live_locked.name, alive_unlocked.name, "span-1"])
     assert make_tfrecords.clean_stale_temporaries(out, log=lambda m: None) == [
         str(live_locked)]  # its writer let go of the lock
+
+
+# The three-way split (train / eval / test).
+
+def _many(root: Path, per_class: dict[str, int]) -> Path:
+    png = _encode("RGB", "PNG")
+    for cls, n in per_class.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            (root / cls / f"img{i:03d}.png").write_bytes(png)
+    return root
+
+
+def _names(out: Path) -> dict[str, set]:
+    return {s: {r["filename"].decode() for r in recs} for s, recs in _splits(out).items()}
+
+
+def test_three_way_split_counts_no_overlap_and_hash_rule(tmp_path: Path):
+    images = _many(tmp_path / "images", {"a": 120, "b": 90, "c": 3, "d": 2})
+    summary = convert(images, tmp_path / "out", log=lambda m: None)
+    assert summary.splits == ("train", "eval", "test")
+    names = _names(tmp_path / "out")
+    assert set(names) == {"train", "eval", "test"}
+    assert not names["train"] & names["eval"] and not names["train"] & names["test"] \
+        and not names["eval"] & names["test"]  # no file in two splits
+    assert sum(map(len, names.values())) == 215  # every file in one split
+    for cls, n in (("a", 120), ("b", 90)):
+        c = summary.counts[cls]
+        assert sum(c.values()) == n
+        for split, fraction in (("eval", 0.15), ("test", 0.15), ("train", 0.70)):
+            assert abs(c[split] / n - fraction) < 0.08, (cls, c)
+        # Big classes: the hash rule alone, file by file.
+        for name in (f"{cls}/img{i:03d}.png" for i in range(n)):
+            split = make_tfrecords.split_of(name, 0.15, 0.15)
+            assert name in names[split], (name, split)
+    assert summary.counts["c"] == {"train": 1, "eval": 1, "test": 1}  # 3 images: one each
+    assert summary.counts["d"] == {"train": 1, "eval": 1, "test": 0}  # 2: train and eval
+    text = make_tfrecords.format_summary(summary)
+    assert text.splitlines()[0].split() == ["label", "class", "train", "eval", "test", "total"]
+    assert "/{train,eval,test} (2 shards each)" in text
+    record = json.loads((tmp_path / "out" / "span-1" / "conversion.json").read_text())
+    assert record["splits"] == ["train", "eval", "test"]
+
+
+def test_a_files_split_does_not_depend_on_the_other_files(tmp_path: Path):
+    """Span 2 with more photos: the photos span 1 had keep their split (test stays test)."""
+    small = _many(tmp_path / "small", {"a": 60, "b": 60})
+    big = _many(tmp_path / "big", {"a": 100, "b": 100})
+    convert(small, tmp_path / "out", span=1, log=lambda m: None)
+    convert(big, tmp_path / "out", span=2, log=lambda m: None)
+    one, two = _names(tmp_path / "out"), _splits(tmp_path / "out", span=2)
+    two = {s: {r["filename"].decode() for r in recs} for s, recs in two.items()}
+    for split in ("train", "eval", "test"):
+        assert one[split] <= two[split], split
+
+
+def test_test_fraction_zero_writes_the_two_splits_of_before(tmp_path: Path):
+    images = _many(tmp_path / "images", {"a": 40, "b": 40})
+    summary = convert(images, tmp_path / "out", eval_fraction=0.2, test_fraction=0,
+                      log=lambda m: None)
+    assert summary.splits == ("train", "eval")
+    assert sorted(os.listdir(tmp_path / "out" / "span-1")) == ["conversion.json", "eval",
+                                                               "train"]
+    names = _names(tmp_path / "out")
+    expected_eval = {f"{c}/img{i:03d}.png" for c in "ab" for i in range(40)
+                     if make_tfrecords.split_fraction(f"{c}/img{i:03d}.png") < 0.2}
+    assert names["eval"] == expected_eval
+    # The same eval fraction with a test split: eval is the same files, test comes from train.
+    convert(images, tmp_path / "out3", eval_fraction=0.2, test_fraction=0.2, log=lambda m: None)
+    three = _names(tmp_path / "out3")
+    assert three["eval"] == expected_eval and three["test"] <= names["train"]
+
+
+def test_block_sizes_fill_small_classes_train_eval_test_in_that_order():
+    sizes = make_tfrecords.block_sizes
+    three = ("train", "eval", "test")
+    assert sizes({"eval": 0, "test": 0, "train": 1}, three) == {"eval": 0, "test": 0, "train": 1}
+    assert sizes({"eval": 2, "test": 0, "train": 0}, three) == {"eval": 1, "test": 0, "train": 1}
+    assert sizes({"eval": 0, "test": 0, "train": 5}, three) == {"eval": 1, "test": 1, "train": 3}
+    assert sizes({"eval": 3, "test": 0, "train": 2}, three) == {"eval": 2, "test": 1, "train": 2}
+    assert sizes({"eval": 0, "test": 0, "train": 5}, ("train", "eval")) == {
+        "eval": 1, "test": 0, "train": 4}
+
+
+@pytest.mark.parametrize("eval_fraction,test_fraction,message", [
+    (0.5, 0.5, "must be < 1"), (0.2, -0.1, "test fraction must be >= 0"),
+    (0.0, 0.2, "eval fraction must be > 0")])
+def test_bad_fractions_are_one_line_errors(images: Path, tmp_path: Path, eval_fraction,
+                                           test_fraction, message):
+    with pytest.raises(ConversionError, match=message):
+        convert(images, tmp_path / "out", eval_fraction=eval_fraction,
+                test_fraction=test_fraction, log=lambda m: None)
+
+
+def test_cli_test_fraction_flag(images: Path, tmp_path: Path, capsys):
+    from pipeline import cli
+
+    assert cli.main(["make-tfrecords", str(images), str(tmp_path / "two"),
+                     "--test-fraction", "0"]) == 0
+    assert not (tmp_path / "two" / "span-1" / "test").exists()
+    assert cli.main(["make-tfrecords", str(images), str(tmp_path / "three")]) == 0
+    assert sorted(os.listdir(tmp_path / "three" / "span-1" / "test")) == [
+        "data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
+    assert "eval" in capsys.readouterr().out

@@ -49,10 +49,16 @@ def _write_images(images_dir: Path, per_class: int, image_size: int, classes: in
 
 
 def build(out_dir, per_class: int = 100, image_size: int = 64, classes: int = 10,
-          eval_fraction: float = 0.2, shards: int = 1,
-          log: Callable[[str], None] = print) -> str:
-    """Build (or reuse) the digits demo set under out_dir; return its TFRecords directory."""
+          eval_fraction: float | None = None, shards: int = 1,
+          log: Callable[[str], None] = print, test_fraction: float | None = None) -> str:
+    """Build (or reuse) the digits demo set under out_dir; return its TFRecords directory.
+    The split fractions default to make-tfrecords' (train/eval/test)."""
     from pipeline.data import make_tfrecords
+
+    if eval_fraction is None:
+        eval_fraction = make_tfrecords.DEFAULT_EVAL_FRACTION
+    if test_fraction is None:
+        test_fraction = make_tfrecords.DEFAULT_TEST_FRACTION
 
     if not 2 <= classes <= 10:
         raise ValueError(f"classes must be in 2..10, got {classes}")
@@ -64,7 +70,8 @@ def build(out_dir, per_class: int = 100, image_size: int = 64, classes: int = 10
     images_dir, tfr_dir = out_dir / "images", out_dir / "tfrecords"
     marker, incomplete = out_dir / _MARKER, out_dir / _INCOMPLETE
     params = {"format": _FORMAT, "per_class": per_class, "image_size": image_size,
-              "classes": classes, "eval_fraction": eval_fraction, "shards": shards}
+              "classes": classes, "eval_fraction": eval_fraction, "test_fraction": test_fraction,
+              "shards": shards}
 
     with open(out_dir / ".demo.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -86,7 +93,8 @@ def build(out_dir, per_class: int = 100, image_size: int = 64, classes: int = 10
             shutil.rmtree(tfr_dir, ignore_errors=True)
             _write_images(images_dir, per_class, image_size, classes)
             make_tfrecords.convert(images_dir, tfr_dir, eval_fraction=eval_fraction, span=1,
-                                   shards=shards, strict=True, log=log)
+                                   shards=shards, strict=True, log=log,
+                                   test_fraction=test_fraction)
             tmp = out_dir / f".{_MARKER}.tmp-{os.getpid()}"
             tmp.write_text(json.dumps(params, sort_keys=True))
             os.replace(tmp, marker)

@@ -5,8 +5,10 @@ and its artifacts into one JSON-able dict, which both the summary `graft run` pr
 The facts: component states and wall times, per-class counts and bad images (ImageCheck),
 anomalies (ExampleValidator) and the DataGate verdict, training curves (the Trainer's
 history.png and training_summary.json), evaluation (accuracy, per-class recall, confusion
-matrix from TFMA's MultiClassConfusionMatrixPlot), the blessing and why, the push, and the
-diagnostics (pipeline/reporting/diagnostics.py: imbalance, over-fitting, error analysis). Every
+matrix from TFMA's MultiClassConfusionMatrixPlot), the split that gated (test, or eval with a
+note) and each accuracy with its 95 % Wilson interval, the blessing and why, the push, and
+the diagnostics (pipeline/reporting/diagnostics.py: imbalance, over-fitting, error
+analysis). Every
 section is read on its own: a missing or unreadable artifact leaves that section empty with a
 note, never fails the collection.
 """
@@ -15,14 +17,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import time
 
+from pipeline.data.splits import FALLBACK_NOTE
 from pipeline.reporting import diagnostics, mlmd
 from pipeline.reporting.errors import root_message
 
-NODE_ORDER = ["ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
-              "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher", "TFLiteExport"]
+NODE_ORDER = ["ImportExampleGen", "ImageCheck", "SpanMerge", "StatisticsGen", "SchemaGen",
+              "ExampleValidator", "DataGate", "Transform", "Trainer", "Evaluator",
+              "VersionedPusher", "TFLiteExport"]
 
 
 def _b64(data: bytes) -> str:
@@ -161,6 +166,17 @@ def confusion_matrix(plots, num_classes: int) -> list | None:
     return None
 
 
+def _overall(result, metric: str):
+    """One overall (unsliced, no sub key) metric of a TFMA EvalResult, or None."""
+    for slice_key, metrics in result.slicing_metrics:
+        if slice_key == ():
+            for by_key in metrics.values():
+                value = by_key.get("", {}).get(metric)
+                if isinstance(value, dict) and "doubleValue" in value:
+                    return value["doubleValue"]
+    return None
+
+
 def evaluation_facts(evaluation_uri: str, num_classes: int) -> dict:
     """Accuracy, example count, per-class recall, confusion matrix and TFMA's validation."""
     import tensorflow_model_analysis as tfma
@@ -182,6 +198,13 @@ def evaluation_facts(evaluation_uri: str, num_classes: int) -> dict:
                         out["accuracy"] = v
                     elif sub_key == "" and name == "example_count":
                         out["example_count"] = v
+    if model == "candidate":  # the last blessed model, scored on the same examples
+        try:
+            out["baseline_accuracy"] = _overall(
+                tfma.load_eval_result(evaluation_uri, model_name="baseline"),
+                "sparse_categorical_accuracy")
+        except Exception:  # noqa: BLE001 - the candidate's facts stand without it
+            out["baseline_accuracy"] = None
     out["confusion"] = confusion_matrix(result.plots or [], num_classes)
     validation = tfma.load_validation_result(evaluation_uri)
     out["validation_ok"] = bool(validation.validation_ok)
@@ -223,6 +246,41 @@ def confusion_png(matrix: list, names: list) -> bytes:
     return buf.getvalue()
 
 
+def wilson(accuracy: float | None, n: float | None, z: float = 1.96) -> list | None:
+    """The 95 % Wilson score interval [low, high] of an accuracy measured on n examples
+    (deterministic, from the count alone; sound at 0 and 1 unlike the normal approximation)."""
+    if accuracy is None or not n:
+        return None
+    denom = 1 + z * z / n
+    centre = (accuracy + z * z / (2 * n)) / denom
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def accuracy_facts(gate_split: str, evaluation: dict, training: dict) -> list:
+    """[{split, accuracy, examples, ci95, role}]: the gating split's accuracy (the Evaluator,
+    TFMA) first, then the eval split's (the Trainer's final evaluation of the kept weights)
+    when the gate scored test."""
+    rows = []
+    if evaluation.get("accuracy") is not None:
+        n = evaluation.get("example_count")
+        role = ("gates the push" if gate_split == "test"
+                else "chose the model and gates the push")
+        rows.append({"split": gate_split, "accuracy": evaluation["accuracy"], "examples": n,
+                     "ci95": wilson(evaluation["accuracy"], n), "role": role})
+        if evaluation.get("baseline_accuracy") is not None:
+            rows.append({"split": gate_split, "accuracy": evaluation["baseline_accuracy"],
+                         "examples": n, "ci95": wilson(evaluation["baseline_accuracy"], n),
+                         "role": "the last blessed model, same examples"})
+    summary = (training or {}).get("summary") or {}
+    if gate_split == "test" and summary.get("final_val_accuracy") is not None:
+        n = summary.get("eval_examples")
+        rows.append({"split": "eval", "accuracy": summary["final_val_accuracy"], "examples": n,
+                     "ci95": wilson(summary["final_val_accuracy"], n),
+                     "role": "chose the model (early stopping, phase 2): optimistic"})
+    return rows
+
+
 def baseline_rule(max_regression: float) -> tuple[str, str]:
     """The "compared with the last blessed model" half of the blessing rule in words: (what a
     blessed model met, what a refused one may have missed)."""
@@ -237,16 +295,17 @@ def blessing_facts(blessed, config, evaluation: dict) -> dict:
     if blessed is None:
         return {}
     acc = evaluation.get("accuracy")
+    split = config.gate_split
     if blessed:
-        reason = "eval accuracy %s >= the floor %.3f and %s" % (
-            "%.4f" % acc if acc is not None else "?", config.min_accuracy,
+        reason = "%s accuracy %s >= the floor %.3f and %s" % (
+            split, "%.4f" % acc if acc is not None else "?", config.min_accuracy,
             baseline_rule(config.max_regression)[0] if evaluation.get("model") == "candidate"
             else "no earlier blessed model to compare with")
     elif evaluation.get("failures"):
         reason = "; ".join(evaluation["failures"])
     else:
-        reason = ("eval accuracy below %.3f or %s"
-                  % (config.min_accuracy, baseline_rule(config.max_regression)[1]))
+        reason = ("%s accuracy below %.3f or %s"
+                  % (split, config.min_accuracy, baseline_rule(config.max_regression)[1]))
     return {"blessed": bool(blessed), "reason": reason}
 
 
@@ -325,10 +384,13 @@ def collect(config, seconds: float, failed: BaseException | None = None,
              "seconds": seconds, "output_dir": config.output_dir, "data_dir": config.data_dir,
              "backbone": config.training.backbone, "model_name": config.model_name,
              "min_accuracy": config.min_accuracy, "max_regression": config.max_regression,
+             "gate_split": config.gate_split,
+             "gate_note": None if config.gate_split == "test" else FALLBACK_NOTE,
              "label_names": label_names,
              "failed": root_message(failed) if failed is not None else None,
              "components": [], "data": {"label_names": label_names, "splits": {}},
-             "training": {}, "evaluation": {}, "blessing": {}, "push": {}, "exports": [],
+             "training": {}, "evaluation": {}, "accuracies": [], "blessing": {}, "push": {},
+             "exports": [],
              "notes": []}
 
     def section(name, fn):
@@ -368,6 +430,8 @@ def collect(config, seconds: float, failed: BaseException | None = None,
             if png:
                 facts["evaluation"]["confusion_png"] = _b64(png)
     facts["blessing"] = blessing_facts(outcome.get("blessed"), config, facts["evaluation"])
+    facts["accuracies"] = accuracy_facts(config.gate_split, facts["evaluation"],
+                                         facts["training"])
     facts["push"] = outcome.get("push") or {}
     facts["diagnostics"] = section("diagnostics", lambda: diagnostics.collect(
         store, executions, config, facts))

@@ -105,9 +105,29 @@ def _outcome(f: dict) -> str:
         rows.append('<p class="push">not pushed: the pusher did not run</p>')
     acc = (f.get("evaluation") or {}).get("accuracy")
     if acc is not None:
-        rows.append("<p>eval accuracy: <b>%.4f</b> (floor %.3f)</p>"
-                    % (acc, f.get("min_accuracy") or 0))
+        rows.append("<p>%s accuracy: <b>%.4f</b> (floor %.3f)</p>"
+                    % (_e(f.get("gate_split") or "eval"), acc, f.get("min_accuracy") or 0))
+    rows.append(_accuracies(f))
+    if f.get("gate_note"):
+        rows.append('<p class="note gate-note">%s</p>' % _e(f["gate_note"]))
     return '<section class="outcome"><h2>Outcome</h2>%s</section>' % "".join(rows)
+
+
+def _accuracies(f: dict) -> str:
+    """Each accuracy (gating split, last blessed model, eval split) with its 95 % interval."""
+    rows = "".join(
+        '<tr class="accuracy"><td>%s</td><td class="num">%.4f</td><td class="num">%s</td>'
+        '<td class="num">%s</td><td>%s</td></tr>'
+        % (_e(r["split"]), r["accuracy"],
+           "%.4f&ndash;%.4f" % tuple(r["ci95"]) if r.get("ci95") else "&ndash;",
+           _num(r.get("examples"), "%d"), _e(r.get("role")))
+        for r in f.get("accuracies") or [])
+    if not rows:
+        return ""
+    return ('<table class="accuracies"><tr><th>split</th><th class="num">accuracy</th>'
+            '<th class="num">95 %% interval (Wilson)</th><th class="num">examples</th>'
+            "<th></th></tr>%s</table><p class=\"meta\">Two accuracies whose intervals overlap "
+            "may not differ: one image is 1/examples.</p>" % rows)
 
 
 def _components(f: dict) -> str:
@@ -137,8 +157,8 @@ def _data(f: dict) -> str:
     splits = d.get("splits") or {}
     parts = []
     if splits:
-        order = [s for s in ("train", "eval") if s in splits] + sorted(
-            set(splits) - {"train", "eval"})
+        order = [s for s in ("train", "eval", "test") if s in splits] + sorted(
+            set(splits) - {"train", "eval", "test"})
         labels = sorted({int(k) for s in order for k in splits[s].get("label_counts", {})}
                         | set(range(len(names))))
         head = "".join('<th class="num">%s</th>' % _e(s) for s in order)
@@ -241,7 +261,8 @@ def _evaluation(f: dict) -> str:
     if not ev:
         return ""
     names = f.get("label_names") or []
-    eval_counts = (((f.get("data") or {}).get("splits") or {}).get("eval") or {}).get(
+    split = f.get("gate_split") or "eval"
+    eval_counts = (((f.get("data") or {}).get("splits") or {}).get(split) or {}).get(
         "label_counts", {})
     recall = {int(k): v for k, v in (ev.get("recall") or {}).items()}
     rows = "".join(
@@ -249,16 +270,17 @@ def _evaluation(f: dict) -> str:
         'style="width:%dpx"></span></td><td class="num">%s</td></tr>'
         % (_e(_class_name(names, k)), v, int(round(120 * v)), eval_counts.get(str(k), ""))
         for k, v in sorted(recall.items()))
-    left = ("<p>accuracy <b>%s</b> on %s eval examples</p><table><tr><th>class</th>"
-            "<th class=\"num\">recall</th><th></th><th class=\"num\">eval examples</th></tr>"
-            "%s</table>" % (_num(ev.get("accuracy")), _num(ev.get("example_count"), "%d"), rows))
+    left = ("<p>accuracy <b>%s</b> on %s %s examples</p><table><tr><th>class</th>"
+            "<th class=\"num\">recall</th><th></th><th class=\"num\">%s examples</th></tr>"
+            "%s</table>" % (_num(ev.get("accuracy")), _num(ev.get("example_count"), "%d"),
+                            _e(split), _e(split), rows))
     if ev.get("failures"):
         left += "<p>Validation failures:</p><ul>%s</ul>" % "".join(
             "<li>%s</li>" % _e(x) for x in ev["failures"])
     right = "<div><p>Confusion matrix (TFMA)</p>%s</div>" % _img(ev.get("confusion_png"),
                                                                  "confusion matrix", 520)
-    return ("<section><h2>Evaluation (TFMA, eval split)</h2><div class=\"cols\"><div>%s</div>"
-            "%s</div></section>" % (left, right))
+    return ("<section><h2>Evaluation (TFMA, %s split)</h2><div class=\"cols\"><div>%s</div>"
+            "%s</div></section>" % (_e(split), left, right))
 
 
 def _exports(f: dict) -> str:

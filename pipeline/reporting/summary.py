@@ -1,5 +1,6 @@
 """The short summary `graft run` prints at the end: what ran or was cached, bad images,
-accuracy after each phase, blessing, push, how to serve. format_summary() turns the facts of
+accuracy after each phase, blessing (and which split gated it), the accuracies with their 95 %
+intervals, push, how to serve. format_summary() turns the facts of
 the run (pipeline/reporting/facts.py) into text; it reads nothing itself."""
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import os
 
 from pipeline.reporting import diagnostics, pixel_baseline
 from pipeline.reporting.facts import baseline_rule
+
+
+def accuracy_text(row: dict) -> str:
+    """'test accuracy 0.9333, 95 % CI 0.8830-0.9633 (150 examples): gates the push'."""
+    ci = row.get("ci95")
+    return "%s accuracy %.4f%s%s: %s" % (
+        row["split"], row["accuracy"], ", 95 %% CI %.4f-%.4f" % tuple(ci) if ci else "",
+        " (%d examples)" % row["examples"] if row.get("examples") else "", row["role"])
 
 
 def format_summary(facts: dict) -> str:
@@ -46,8 +55,12 @@ def format_summary(facts: dict) -> str:
                "accuracy below %.3f or %s" % (facts["min_accuracy"], missed))
         acc = facts["evaluation"].get("accuracy")
         if acc is not None:
-            why = "eval accuracy %.4f: %s" % (acc, why)
+            why = "%s accuracy %.4f: %s" % (facts.get("gate_split", "eval"), acc, why)
         lines.append("  blessed: %s (%s)" % ("yes" if blessed else "no", why))
+        if facts.get("gate_note"):
+            lines.append("  gate: %s" % facts["gate_note"])
+    for row in facts.get("accuracies") or []:
+        lines.append("  %s" % accuracy_text(row))
     if facts.get("pixel_baseline"):
         lines.append(pixel_baseline.summary_line(facts["pixel_baseline"],
                                                  facts["evaluation"].get("accuracy")))

@@ -20,6 +20,7 @@ import time
 
 from pipeline import configs, console
 from pipeline.configs import COMPONENTS_DIR
+from pipeline.data import splits
 
 FLOWERS_URL = ("https://storage.googleapis.com/download.tensorflow.org/example_images/"
                "flower_photos.tgz")
@@ -107,6 +108,7 @@ def _main(args, output: str) -> int:
         if config.training.backbone.startswith("hub:") and "://" not in handle \
                 and not os.path.isdir(handle):
             raise FileNotFoundError("--backbone hub:%s: no such SavedModel directory" % handle)
+        config, gate_note = splits.resolve(config)  # test split, or eval with a note
     except (OSError, ValueError) as e:
         from pipeline.reporting import errors
         console.error(errors.error_line(e, output))
@@ -116,6 +118,8 @@ def _main(args, output: str) -> int:
                 % (t.num_classes, "the demo photos (pipeline/data/demo_flowers, NOTICE)"
                    if demo else config.data_dir, t.backbone, t.input_size(),
                    config.output_dir))
+    if gate_note:
+        console.say("graft run: %s" % gate_note)
     failed = None
     follower = follow.Follower(config.metadata_path, start, console.say).start()
     try:
