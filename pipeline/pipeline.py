@@ -100,11 +100,18 @@ def create_pipeline(config: PipelineConfig, beam_pipeline_args: Optional[list] =
                              max_bad_fraction=config.max_bad_image_fraction)
     checked = image_check.outputs["cleaned_examples"]  # every reader below uses these
     if span_window:
+        # Every ImageCheck output of this pipeline, not `checked`: a channel of a node's
+        # outputs holds only this run's artifact (TFX scopes it to the pipeline run), which
+        # is the latest span alone, so a window of K spans would never see the earlier ones.
+        all_checked = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
+                                      producer_component_id=image_check.id,
+                                      output_key="cleaned_examples")
         span_resolver = tfx.dsl.Resolver(
             strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
             config={"range_config": range_config_pb2.RangeConfig(
                 rolling_range=range_config_pb2.RollingRange(num_spans=config.num_spans))},
-            examples=checked).with_id("span_window")
+            examples=all_checked).with_id("span_window")
+        span_resolver.add_upstream_node(image_check)  # after this run's ImageCheck
         examples = span_resolver.outputs["examples"]
     elif config.num_spans != 1:
         raise ValueError("num_spans=%d needs the span_window resolver" % config.num_spans)
