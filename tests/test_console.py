@@ -16,7 +16,7 @@ import pytest
 from pipeline_runs import CLASSES, FAST, PER_CLASS, PNG_SIZE, REPO, graft
 
 NODES = ("ImportExampleGen", "ImageCheck", "StatisticsGen", "SchemaGen", "ExampleValidator",
-         "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher")
+         "DataGate", "Transform", "Trainer", "Evaluator", "VersionedPusher", "TFLiteExport")
 # What the issue found in the demo's 239 lines; none of it may reach the terminal.
 NOISE = ("cuDNN", "cuFFT", "cuBLAS", "property_predicate", "Looking in indexes", "Processing ",
          "Successfully installed", "snappy", "__main__", "WARNING:", "Epoch 1/", "tfx_user_code",
@@ -165,12 +165,12 @@ def test_run_prints_the_contract_lines_and_no_noise(run):
     assert set(finished) == set(NODES), lines
     assert all(state == "complete" for state, _ in finished.values()), finished
     n = CLASSES * PER_CLASS
-    assert re.fullmatch(r"%d images checked \(train \d+, eval \d+\), 0 dropped" % n,
+    assert re.fullmatch(r"%d images checked \(train \d+, eval \d+, test \d+\), 0 dropped" % n,
                         finished["ImageCheck"][1]), finished["ImageCheck"]
     assert finished["ExampleValidator"][1] == "no anomalies"
     assert re.fullmatch(r"val accuracy [0-9.]+ \(phase 1 [0-9.]+, phase 2 [0-9.]+ (not )?kept\)",
                         finished["Trainer"][1]), finished["Trainer"]
-    assert re.fullmatch(r"blessed \(eval accuracy [0-9.]+\)", finished["Evaluator"][1])
+    assert re.fullmatch(r"blessed \(test accuracy [0-9.]+\)", finished["Evaluator"][1])
     assert re.fullmatch(r"pushed as version \d+", finished["VersionedPusher"][1])
     assert "  Trainer           started" in lines
     epochs = [line for line in lines if re.match(r"    phase [12] epoch \d+/\d+: loss ", line)]

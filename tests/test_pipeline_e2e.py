@@ -302,19 +302,20 @@ def test_report_has_counts_blessing_recall_and_images(runs):
 
 def test_report_gallery_holds_images_the_served_model_gets_wrong(runs):
     """The error analysis of the last run: its count of mistakes is the pushed model's on the
-    eval split, and every gallery image is one that model really misclassifies, with the
-    class and probability the report prints (and matches TFMA's accuracy)."""
+    gating split, and every gallery image is one that model really misclassifies, with the
+    class and probability the report prints (and matches TFMA's accuracy). It scores the
+    split that gates the push: test."""
     import re
 
     import tensorflow as tf
 
     html = (runs["out"] / "report.html").read_text()
     label_names = (runs["data"] / "labels.txt").read_text().split()
-    m = re.search(r"(\d+) of (\d+) eval images misclassified by the (\w+) model", html)
+    m = re.search(r"(\d+) of (\d+) test images misclassified by the (\w+) model", html)
     assert m, "no error analysis in the report"
     wrong, scored = int(m.group(1)), int(m.group(2))
     records = {}
-    for shard in sorted((runs["data"] / "span-1" / "eval").iterdir()):
+    for shard in sorted((runs["data"] / "span-1" / "test").iterdir()):
         for record in tf.data.TFRecordDataset(str(shard)):
             f = tf.train.Example.FromString(record.numpy()).features.feature
             records[f["filename"].bytes_list.value[0].decode()] = (

@@ -9,18 +9,28 @@ from pipeline.data import demo_dataset
 from pipeline.reporting import pixel_baseline
 
 
-def test_scores_the_eval_split_of_the_span(tmp_path: Path):
+def test_scores_the_gating_split_of_the_span(tmp_path: Path):
+    """Fitted on train, scored on test (the split the Evaluator gates on); eval is neither."""
     data = demo_dataset.build(tmp_path / "digits", per_class=20, image_size=32, classes=3,
                               log=lambda *_: None)
+    counts = {split: sum(_records(f) for f in (Path(data) / "span-1" / split).iterdir())
+              for split in ("train", "test")}
     config = configs.PipelineConfig(data_dir=data)
+    assert config.gate_split == "test"
     result = pixel_baseline.for_run(config, 1)
-    assert result["train"] + result["eval"] == 60 and result["eval"] >= 3
-    assert result["split"] == "eval" and result["size"] == 32
+    assert (result["train"], result["eval"]) == (counts["train"], counts["test"])
+    assert result["eval"] >= 3
+    assert result["split"] == "test" and result["size"] == 32
     # Digits on raw pixels are easy: far above chance (1/3).
     assert result["accuracy"] >= 0.8, result
     line = pixel_baseline.summary_line(result, 0.5)
-    assert "eval accuracy %.4f" % result["accuracy"] in line
+    assert "test accuracy %.4f" % result["accuracy"] in line
     assert "%+.1f points" % (100 * (0.5 - result["accuracy"])) in line
+
+
+def _records(path: Path) -> int:
+    import tensorflow as tf
+    return sum(1 for _ in tf.data.TFRecordDataset(str(path)))
 
 
 def test_skips_records_that_do_not_decode(tmp_path: Path):

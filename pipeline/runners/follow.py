@@ -67,7 +67,9 @@ def _trainer(store, e) -> str:
 def _evaluator(store, e) -> str:
     outcome = run_facts.outcome_facts(store, {"Evaluator": e})
     acc = run_facts.eval_metrics(outcome["evaluation_uri"]).get("sparse_categorical_accuracy")
-    shown = " (eval accuracy %.4f)" % acc if acc is not None else ""
+    # The split it scored: its `example_splits` exec property (["test"], or null = eval).
+    splits = json.loads(mlmd.custom(e, "example_splits", "null") or "null") or ["eval"]
+    shown = " (%s accuracy %.4f)" % (splits[0], acc) if acc is not None else ""
     return ("blessed" if outcome["blessed"] else "not blessed") + shown
 
 
