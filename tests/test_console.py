@@ -172,6 +172,8 @@ def test_run_prints_the_contract_lines_and_no_noise(run):
                         finished["Trainer"][1]), finished["Trainer"]
     assert re.fullmatch(r"blessed \(test accuracy [0-9.]+\)", finished["Evaluator"][1])
     assert re.fullmatch(r"pushed as version \d+", finished["VersionedPusher"][1])
+    assert re.fullmatch(r"TFLite int8 [0-9.]+ MB, accuracy [0-9.]+ \([-+][0-9.]+ points\), "
+                        r"(not )?pushed", finished["TFLiteExport"][1]), finished["TFLiteExport"]
     assert "  Trainer           started" in lines
     epochs = [line for line in lines if re.match(r"    phase [12] epoch \d+/\d+: loss ", line)]
     assert [e.split(":")[0].strip() for e in epochs[:1]] == ["phase 1 epoch 1/3"]

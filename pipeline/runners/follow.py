@@ -84,9 +84,20 @@ def _example_gen(store, e) -> str:
     return "span %s" % span if span is not None else ""
 
 
+def _tflite(store, e) -> str:
+    rows = run_facts.export_facts(store, {"TFLiteExport": e})
+    if not rows:
+        return ""
+    t = rows[-1]
+    return "%s %.2f MB, accuracy %.4f (%+.2f points), %s" % (
+        t["format"], t["size_bytes"] / 1e6, t["accuracy"], -100 * t["drop"],
+        "pushed" if t["pushed"] else "not pushed")
+
+
 FACTS = {"ImportExampleGen": _example_gen, "ImageCheck": _image_check,
          "ExampleValidator": _example_validator, "DataGate": lambda s, e: "data passed",
-         "Trainer": _trainer, "Evaluator": _evaluator, "VersionedPusher": _pusher}
+         "Trainer": _trainer, "Evaluator": _evaluator, "VersionedPusher": _pusher,
+         "TFLiteExport": _tflite}
 
 
 def fact(store, node: str, execution) -> str:
