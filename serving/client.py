@@ -87,6 +87,19 @@ def _rpc_message(error) -> str:
     return details or (code.name if code else str(error))
 
 
+def read_images(paths, results: list):
+    """(path, bytes) of each readable file; an unreadable one goes to `results` as
+    (path, error message) in its place, so the output keeps the order of `paths`."""
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            results.append((path, e.strerror or str(e)))
+            continue
+        yield path, data
+
+
 def main(args: argparse.Namespace) -> int:
     import grpc
     if args.top_k < 1:
@@ -103,13 +116,7 @@ def main(args: argparse.Namespace) -> int:
     stub = apis.prediction_service_pb2_grpc.PredictionServiceStub(channel)
     results: list[tuple[str, object]] = []   # (file, (probs, index) | error message)
     names: dict[int, str] = {}
-    for path in args.images:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            results.append((path, e.strerror or str(e)))
-            continue
+    for path, data in read_images(args.images, results):
         try:
             response = stub.Predict(build_request(data, args.model, args.version),
                                     timeout=args.timeout)

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from serving.client import print_results
+from serving.client import print_results, read_images
 
 
 def read_labels(model_path: str) -> dict:
@@ -37,13 +37,7 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     results: list = []
-    for path in args.images:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            results.append((path, e.strerror or str(e)))
-            continue
+    for path, data in read_images(args.images, results):
         try:
             image = tflite.decode_uint8([data], runner.size)[0]
         except ValueError as e:
