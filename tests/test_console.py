@@ -187,7 +187,7 @@ def test_run_prints_the_contract_lines_and_no_noise(run):
     summary = proc.stdout[proc.stdout.index("graft run summary"):]
     assert "blessed: yes" in summary
     assert re.search(r"pixel baseline: logistic regression on raw 32x32 pixels, same split: "
-                     r"eval accuracy [0-9.]+ \(graft: [0-9.]+, [+-][0-9.]+ points", summary)
+                     r"test accuracy [0-9.]+ \(graft: [0-9.]+, [+-][0-9.]+ points", summary)
     (log,) = (out / "logs").glob("run-*.log")
     assert "  log: %s " % log in summary
     for pattern in NOISE:
