@@ -15,12 +15,13 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.components.common import resolver
 
 MODEL, BLESSING, CANDIDATE = "model", "model_blessing", "candidate"
 # Custom properties the Evaluator writes on its ModelBlessing.
-_CURRENT_MODEL_ID = "current_model_id"
-_BLESSED = "blessed"
+_CURRENT_MODEL_ID = evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY
+_BLESSED = evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY
 
 
 def latest_blessed_other(models: List[types.Artifact], blessings: List[types.Artifact],
