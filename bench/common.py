@@ -52,6 +52,7 @@ class PeakRss:
         self.peak_tree = 0
         self.peak_pss = 0
         self.peak_single = 0
+        self.samples = []  # (unix time, PSS bytes of the tree)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -71,6 +72,7 @@ class PeakRss:
                         pass
                 self.peak_tree = max(self.peak_tree, sum(rss))
                 self.peak_pss = max(self.peak_pss, sum(pss))
+                self.samples.append((time.time(), sum(pss)))
                 self.peak_single = max([self.peak_single] + rss)
             except psutil.Error:
                 pass
@@ -81,7 +83,9 @@ class PeakRss:
         self._thread.join()
 
 
-def run_measured(cmd: list, log_path: Path, env=None) -> dict:
+def run_measured(cmd: list, log_path: Path, env=None, samples=False) -> dict:
+    """Runs CMD with its output in LOG_PATH: return code, seconds, peak memory of the tree;
+    with SAMPLES, also "pss_samples": [(unix time, PSS bytes)] every 0.5 s."""
     start = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -91,7 +95,8 @@ def run_measured(cmd: list, log_path: Path, env=None) -> dict:
     return {"returncode": code, "seconds": round(time.time() - start, 1),
             "peak_rss_tree_mb": round(rss.peak_tree / 2**20),
             "peak_pss_tree_mb": round(rss.peak_pss / 2**20),
-            "peak_rss_single_mb": round(rss.peak_single / 2**20)}
+            "peak_rss_single_mb": round(rss.peak_single / 2**20),
+            **({"pss_samples": rss.samples} if samples else {})}
 
 
 def load_results(name: str, fresh: bool = False) -> dict:
@@ -127,6 +132,20 @@ def component_seconds(metadata_path) -> dict:
     store = mlmd_query.open_store(str(metadata_path))
     return {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)
             for node, e in mlmd_query.node_executions(store).items()}
+
+
+def component_peak_pss(metadata_path, samples) -> dict:
+    """Peak PSS (MB) of the process tree while each pipeline node ran (ML Metadata's execution
+    times against run_measured's samples): which component holds the memory."""
+    from pipeline.reporting import mlmd as mlmd_query
+    store = mlmd_query.open_store(str(metadata_path))
+    out = {}
+    for node, e in mlmd_query.node_executions(store).items():
+        lo, hi = e.create_time_since_epoch / 1000, e.last_update_time_since_epoch / 1000
+        inside = [pss for t, pss in samples if lo <= t <= hi]
+        if inside:
+            out[node] = round(max(inside) / 2**20)
+    return out
 
 
 def trainer_summary(log_text: str) -> dict:

@@ -37,7 +37,9 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
     log_path = work / ("%s.log" % name)
     run = common.run_measured([sys.executable, "-m", "pipeline.cli", "run", "--data", str(data),
                                "--output", str(out), "--beam-mode", beam_mode,
-                               "--min-accuracy", "0.5", "--verbose", *flags], log_path)
+                               "--min-accuracy", "0.5", "--verbose", *flags], log_path,
+                              samples=True)
+    samples = run.pop("pss_samples")
     log = log_path.read_text()
     training = common.trainer_summary(log)
     history = json.loads(next((out / "pipeline_root" / "Trainer" / "model_run").glob(
@@ -59,6 +61,8 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
                 "phase2_seconds_per_epoch": round(phase2["seconds"] / len(phase2["loss"]), 1)
                 if phase2.get("loss") else None},
             "component_seconds": common.component_seconds(out / "metadata.sqlite"),
+            "component_peak_pss_mb": common.component_peak_pss(out / "metadata.sqlite",
+                                                               samples),
             "training": training,
             "summary": log[log.rfind("graft run summary"):].splitlines()}
 
