@@ -37,7 +37,7 @@ def make_ds(files, backbone, cfg, batch, training):
     if training and cfg.augment:
         ds = ds.map(lambda x, y: (dataset.augment(x, backbone.value_range, cfg.seed), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return dataset.finish(ds)
 
 
 def main() -> int:
