@@ -4,8 +4,9 @@ Reads the raw examples and maps the Transform graph over them (Transform ran wit
 materialize=False). Phase 1 trains a new head on the frozen base: on features the base
 computes once per image (components/feature_cache.py; `feature_cache=False` trains on the
 images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers of the base
-(BatchNorm frozen) with its own optimizer and schedule (model.py); its weights are kept only if
-it beats phase 1's validation loss. `class_weight='balanced'` weighs both phases' training
+(BatchNorm frozen) with its own optimizer and schedule (model.py), each batch's gradient summed
+over micro-batches (`micro_batch_size`, less memory, the same update); its weights are kept
+only if it beats phase 1's validation loss. `class_weight='balanced'` weighs both phases' training
 loss by inverse class frequency (components/class_weights.py; counts from the cached training
 labels, or one pass over the training records' labels without the cache). Exports a SavedModel
 (without optimizer state) whose signatures embed the same Transform graph. Writes
@@ -160,15 +161,20 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)))
             rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
-            model_lib.compile_for(model, model_lib.optimizer(
+            # Trains `model`'s own layers, in slices of micro_batch_size images per replica.
+            fitted = model_lib.micro_batched(model, cfg.micro_batch_size, cfg.batch_size)
+            model_lib.compile_for(fitted, model_lib.optimizer(
                 cfg.fine_tune_optimizer, rate, cfg.weight_decay), cfg)
         label = model_lib.phase2_label(base)
+        slices = getattr(fitted, "micro_batch_size", 0)
         print("graft trainer: %s with %d of %d base layers trainable (%s, %s, peak "
-              "learning rate %g)" % (label, unfrozen, len(base.layers), cfg.fine_tune_optimizer,
-                                     cfg.fine_tune_schedule, cfg.fine_tune_learning_rate))
-        phase2 = _fit(model, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
+              "learning rate %g%s)" % (label, unfrozen, len(base.layers), cfg.fine_tune_optimizer,
+                                       cfg.fine_tune_schedule, cfg.fine_tune_learning_rate,
+                                       ", gradients in slices of %d" % slices if slices else ""))
+        phase2 = _fit(fitted, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
                       callbacks, label, class_weight=weights)
         phase2["trainable_base_layers"] = unfrozen
+        phase2["micro_batch_size"] = slices
     if phase2 and best(phase2).get("val_loss", float("inf")) > best(phase1)["val_loss"]:
         # Fine-tuning never makes the model worse: keep phase 1's weights.
         model.set_weights(phase1_weights)

@@ -82,6 +82,10 @@ class TrainingConfig:
     fine_tune_optimizer: str = config_field("adamw", "phase 2 optimizer",
                                             choices=("adamw", "adam"))
     weight_decay: float = config_field(1e-4, "AdamW's decoupled weight decay")
+    micro_batch_size: int = config_field(
+        16, "phase 2 computes each batch's gradient in slices of this many images (per replica) "
+        "and applies their sum once: the whole batch's update with a slice's activation memory "
+        "(BatchNorm is frozen); 0 = the whole batch at once")
     label_smoothing: float = config_field(0.1, "label smoothing of the loss (both phases)")
     class_weight: str = config_field(
         "balanced", "loss weight per class in both phases: 'balanced' weighs each class by the "
