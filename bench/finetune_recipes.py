@@ -160,6 +160,7 @@ def train_logreg(xtr, ytr, xev, xev_flip, yev):
     pf = clf.predict_proba(scaler.transform(xev_flip))
     return {"accuracy": float(np.mean(p.argmax(1) == yev)),
             "tta_accuracy": float(np.mean((p + pf).argmax(1) == yev)),
+            "pred": p.argmax(1).tolist(),
             "iterations": int(np.max(clf.n_iter_)), "seconds": round(time.time() - t0, 2)}
 
 
@@ -184,6 +185,7 @@ def train_head(xtr, ytr, xev, xev_flip, yev, n_classes, seed, max_epochs):
     pf = head.predict(xev_flip, batch_size=256, verbose=0)
     return head, {
         "accuracy": float(np.mean(p.argmax(1) == yev)),
+        "pred": p.argmax(1).tolist(),
         "tta_accuracy": float(np.mean((p + pf).argmax(1) == yev)),
         "val_loss": float(h["val_loss"][best]), "best_epoch": best + 1,
         "epochs_run": len(h["val_loss"]),
@@ -233,17 +235,18 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     def prep(x, y):
         return preprocessed(backbone, x), y
 
-    train_ds = (tf.data.Dataset.from_tensor_slices((x_tr, labels(y_tr)))
-                .shuffle(len(x_tr), seed=seed, reshuffle_each_iteration=True)
-                .batch(BATCH).map(prep, num_parallel_calls=tf.data.AUTOTUNE)
-                .map(lambda x, y: (dataset.augment(x, backbone.value_range, seed), y),
-                     num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
-    eval_ds = (tf.data.Dataset.from_tensor_slices((x_ev, labels(y_ev))).batch(BATCH)
-               .map(prep).cache().prefetch(tf.data.AUTOTUNE))
-    eval_flip = (tf.data.Dataset.from_tensor_slices(x_ev).batch(BATCH)
-                 .map(lambda x: tf.image.flip_left_right(preprocessed(backbone, x)))
-                 .prefetch(tf.data.AUTOTUNE))
+    # dataset.finish: prefetch with tf.data's autotuner off, as in the Trainer.
+    train_ds = dataset.finish(tf.data.Dataset.from_tensor_slices((x_tr, labels(y_tr)))
+                              .shuffle(len(x_tr), seed=seed, reshuffle_each_iteration=True)
+                              .batch(BATCH).map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+                              .map(lambda x, y: (dataset.augment(x, backbone.value_range,
+                                                                 seed), y),
+                                   num_parallel_calls=tf.data.AUTOTUNE))
+    eval_ds = dataset.finish(tf.data.Dataset.from_tensor_slices((x_ev, labels(y_ev)))
+                             .batch(BATCH).map(prep).cache())
+    eval_flip = dataset.finish(tf.data.Dataset.from_tensor_slices(x_ev).batch(BATCH)
+                               .map(lambda x: tf.image.flip_left_right(
+                                   preprocessed(backbone, x))))
 
     t0 = time.time()
     start_acc = float(model.evaluate(eval_ds, verbose=0, return_dict=True)["accuracy"])
@@ -264,6 +267,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     out = {
         "accuracy": acc,
         "tta_accuracy": float(np.mean((p + pf).argmax(1) == y_ev)),
+        "pred": p.argmax(1).tolist(),
         "start_accuracy": start_acc,  # == head_flip accuracy unless something is wrong
         "val_accuracy_curve": [round(float(v), 4) for v in h["val_accuracy"]],
         "val_loss_curve": [round(float(v), 4) for v in h["val_loss"]],
@@ -316,8 +320,62 @@ def _steady(r):
     return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
 
 
+def _sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of wins vs losses (ties dropped): McNemar's exact test."""
+    import math
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def cv_report(rows) -> list:
+    """Cross-validation: per dataset and seed, each recipe's accuracy pooled over the folds
+    (every image evaluated once), and paired per-image comparisons of the phase-2 recipes
+    against each other and the baselines (images only A gets right / only B / p of the exact
+    sign test)."""
+    lines = []
+    for ds in [d for d, _ in DATASETS if any(r["dataset"] == d for r in rows)]:
+        for seed in sorted({r["seed"] for r in rows if r["dataset"] == ds}):
+            correct = {}
+            for r in rows:
+                if r["dataset"] != ds or r["seed"] != seed or "pred" not in r:
+                    continue
+                labels = r.get("labels")
+                hits = correct.setdefault(r["recipe"], {})
+                for i, idx in enumerate(r["eval_index"]):
+                    hits[idx] = r["pred"][i] == labels[i]
+            if not correct:
+                continue
+            total = max(len(h) for h in correct.values())
+            lines.append("")
+            lines.append("== %s, seed %d: %d-image cross-validation ==" % (ds, seed, total))
+            for rec in RECIPES:
+                h = correct.get(rec)
+                if h:
+                    lines.append("  %-12s accuracy %.2f %% (%d/%d images evaluated)"
+                                 % (rec, 100 * sum(h.values()) / len(h), sum(h.values()),
+                                    len(h)))
+            for a, b in (("full", "seed"), ("full", "head_flip"), ("full", "logreg"),
+                         ("seed", "head_flip"), ("full_10", "full"), ("full_10", "seed")):
+                ha, hb = correct.get(a), correct.get(b)
+                if not ha or not hb:
+                    continue
+                common_idx = set(ha) & set(hb)
+                wins = sum(ha[i] and not hb[i] for i in common_idx)
+                losses = sum(hb[i] and not ha[i] for i in common_idx)
+                lines.append("  %-7s vs %-9s %+.2f points on %d images: %d right only by %s, "
+                             "%d only by %s (sign test p = %.3f)" % (
+                                 a, b, 100 * (wins - losses) / len(common_idx), len(common_idx),
+                                 wins, a, losses, b, _sign_test(wins, losses)))
+    return lines
+
+
 def report(doc) -> str:
     rows = doc.get("results", [])
+    if any(r.get("fold") is not None for r in rows):
+        return "\n".join(cv_report(rows))
     lines = []
     seeds = sorted({r["seed"] for r in rows})
     for ds in [d for d, _ in DATASETS if any(r["dataset"] == d for r in rows)]:
@@ -397,6 +455,10 @@ def main(argv=None) -> int:
     p.add_argument("--full-epochs", type=int, default=6, help="epochs of full and half")
     p.add_argument("--seed-epochs", type=int, default=5)
     p.add_argument("--head-epochs", type=int, default=30)
+    p.add_argument("--folds", type=int, default=0,
+                   help="K > 1: stratified K-fold cross-validation (each image is evaluated "
+                   "once per seed, by the models trained on the other folds) instead of one "
+                   "80/20 split per seed")
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true", help="keep and skip finished results")
     p.add_argument("--report-only", action="store_true")
@@ -428,7 +490,9 @@ def main(argv=None) -> int:
                       "seeds": args.seeds, "datasets": args.datasets,
                       "limit_per_class": args.limit_per_class,
                       "head_max_epochs": args.head_epochs, "seed_max_epochs": args.seed_epochs,
-                      "full_half_epochs": args.full_epochs, "split": "stratified 80/20",
+                      "full_half_epochs": args.full_epochs,
+                      "split": "stratified %d-fold cross-validation" % args.folds
+                      if args.folds > 1 else "stratified 80/20",
                       "validation": "the eval split (as the pipeline)",
                       "notes": "features (and their flips) computed once per dataset for all "
                                "images; splits are index subsets"},
@@ -438,7 +502,7 @@ def main(argv=None) -> int:
             old = json.load(f)
         doc["results"] = old.get("results", [])
         doc["features"] = old.get("features", {})
-    done = {(r["dataset"], r["seed"], r["recipe"]) for r in doc["results"]}
+    done = {(r["dataset"], r["seed"], r.get("fold"), r["recipe"]) for r in doc["results"]}
     paths = dict(DATASETS)
     cache = {}  # dataset -> (images, labels, classes, feats, feats_flip)
 
@@ -461,15 +525,24 @@ def main(argv=None) -> int:
             cache[ds] = (images, np.array(labels), classes, feats, feats_flip)
         return cache[ds]
 
-    for seed in args.seeds:
-        for ds in args.datasets:
-            todo = [r for r in args.recipes if (ds, seed, r) not in done]
+    def splits(labels, seed):
+        """(fold, train indices, eval indices): one 80/20 split, or the K folds."""
+        if args.folds > 1:
+            from sklearn.model_selection import StratifiedKFold
+            folds = StratifiedKFold(args.folds, shuffle=True, random_state=seed)
+            return [(k, tr, ev) for k, (tr, ev) in
+                    enumerate(folds.split(np.zeros(len(labels)), labels))]
+        idx_tr, idx_ev = train_test_split(np.arange(len(labels)), test_size=0.2,
+                                          random_state=seed, stratify=labels)
+        return [(None, idx_tr, idx_ev)]
+
+    for seed, ds in [(seed, ds) for seed in args.seeds for ds in args.datasets]:
+        images, labels, classes, feats, feats_flip = data(ds)
+        for fold, idx_tr, idx_ev in splits(labels, seed):
+            todo = [r for r in args.recipes if (ds, seed, fold, r) not in done]
             if not todo:
                 continue
-            images, labels, classes, feats, feats_flip = data(ds)
             n = len(classes)
-            idx_tr, idx_ev = train_test_split(np.arange(len(labels)), test_size=0.2,
-                                              random_state=seed, stratify=labels)
             ytr, yev = labels[idx_tr], labels[idx_ev]
             ftr, ftrf, fev, fevf = feats[idx_tr], feats_flip[idx_tr], feats[idx_ev], \
                 feats_flip[idx_ev]
@@ -477,16 +550,18 @@ def main(argv=None) -> int:
             head_flip_res = None
 
             def record(recipe, res):
-                res = {"dataset": ds, "seed": seed, "recipe": recipe,
-                       "n_train": int(len(idx_tr)), "n_eval": int(len(idx_ev)), **res,
+                res = {"dataset": ds, "seed": seed, "fold": fold, "recipe": recipe,
+                       "n_train": int(len(idx_tr)), "n_eval": int(len(idx_ev)),
+                       "eval_index": idx_ev.tolist(), "labels": yev.tolist(), **res,
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
                 doc["results"] = [r for r in doc["results"]
-                                  if (r["dataset"], r["seed"], r["recipe"]) != (ds, seed, recipe)]
+                                  if (r["dataset"], r["seed"], r.get("fold"), r["recipe"])
+                                  != (ds, seed, fold, recipe)]
                 doc["results"].append(res)
                 doc["updated"] = res["finished"]
                 save(doc, out)
-                print("[%s] seed %d %-11s %-11s acc %.3f  tta %.3f  %7.1f s%s" % (
-                    time.strftime("%H:%M:%S"), seed, ds, recipe, res["accuracy"],
+                print("[%s] seed %d fold %s %-11s %-11s acc %.3f  tta %.3f  %7.1f s%s" % (
+                    time.strftime("%H:%M:%S"), seed, fold, ds, recipe, res["accuracy"],
                     res["tta_accuracy"], res["seconds"],
                     "  (%.1f s/epoch, %d epochs)" % (res["seconds_per_epoch"], res["epochs_run"])
                     if "seconds_per_epoch" in res else ""), flush=True)
