@@ -17,8 +17,9 @@ IMAGE_SIZE = 48
 # Flags that keep a whole pipeline run to about a minute on 2 cores.
 FAST = ["--beam-mode", "in_memory", "--image-size", IMAGE_SIZE, "--batch-size", 16,
         "--model-name", "digits"]
-# FAST plus a short two-phase training.
-TWO_PHASES = FAST + ["--epochs", 6, "--fine-tune-epochs", 2, "--fine-tune-layers", 10]
+# FAST plus a short two-phase training, phase 2 in micro-batches (2 slices of each batch).
+TWO_PHASES = FAST + ["--epochs", 6, "--fine-tune-epochs", 2, "--fine-tune-layers", 10,
+                     "--micro-batch-size", 8]
 
 
 def graft(*args, timeout=1500, check=True) -> subprocess.CompletedProcess:
