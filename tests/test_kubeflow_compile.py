@@ -256,6 +256,9 @@ def test_dockerfile_lint():
     installs = [a for k, a in ins if k == "RUN" and "pip install" in a]
     assert installs and all("-c constraints.txt" in a for a in installs)
     assert any("tensorflow[and-cuda]==2.16.2" in a for a in installs)
+    # TFLite label metadata on the cluster: the extra and the system library it links.
+    assert all("tflite-metadata" in a for a in installs)
+    assert any("libusb-1.0-0" in a for k, a in ins if k == "RUN")
     users = [a for k, a in ins if k == "USER"]
     assert users and users[-1] not in ("root", "0")
     # TFX's V2 runner sets every task's command (python -m ...): no ENTRYPOINT to fight it.
