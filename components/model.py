@@ -14,7 +14,7 @@ phases use label smoothing when configured. Phase 2 trains through `micro_batche
 batch's gradient is computed in slices of `micro_batch_size` images and applied once, the very
 update of the whole batch (BatchNorm is frozen, so no layer sees across images) with the
 activation memory of a slice (Lite0, 224 px, 2 CPU cores: a step of 32 at once peaks at
-2.7 GB, in slices of 16 at 1.8 GB, at the same images per second; slices of 8 are 1.5x slower).
+2.7 GB, in slices of 16 at 2.0 GB, at the same images per second; slices of 8 are 1.5x slower).
 
 With `weights='none'` the same architecture trains from scratch instead: one phase, every
 layer trainable, BatchNorm in training mode with moving-average momentum 0.9 (PyTorch's
