@@ -1,4 +1,5 @@
-"""Forward speed of the EfficientNet-Lite0 feature extractor (224 px, batch 32, CPU).
+"""Forward speed of the EfficientNet-Lite0 feature extractor (224 px, batch 32, CPU), and
+the speed of one phase-2 training step (whole batch vs micro-batches of 16).
 
 Builds the base with the offline ImageNet weights, runs warm-up batches, then times
 batches of random preprocessed images; prints the result and writes
@@ -25,6 +26,34 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def train_step_ms(bb, args, micro: int) -> float:
+    """Milliseconds per image of one phase-2 training step (the Trainer's model and optimizer,
+    every layer trainable) in slices of `micro` images (0: the whole batch)."""
+    import numpy as np
+    import tf_keras
+
+    from components import model as model_lib
+    from components.training_config import TrainingConfig
+
+    tf_keras.backend.clear_session()
+    cfg = TrainingConfig(label_names=tuple("abcde"), image_size=args.size)
+    classifier = model_lib.build(bb, cfg)
+    model_lib.unfreeze_top(classifier.base, len(classifier.base.layers))
+    fitted = model_lib.micro_batched(classifier.model, micro, args.batch_size)
+    model_lib.compile_for(fitted, model_lib.optimizer("adamw", 1e-4, 1e-4), cfg)
+    rng = np.random.default_rng(0)
+    x = bb.preprocess(rng.uniform(0, 255, (args.batch_size, args.size, args.size, 3))
+                      .astype(np.float32))
+    y = rng.integers(0, 5, args.batch_size)
+    for _ in range(2):
+        fitted.train_on_batch(x, y)
+    t0 = time.perf_counter()
+    steps = max(3, args.batches // 2)
+    for _ in range(steps):
+        fitted.train_on_batch(x, y)
+    return round(1000 * (time.perf_counter() - t0) / steps / args.batch_size, 2)
 
 
 def main(argv=None) -> int:
@@ -57,6 +86,7 @@ def main(argv=None) -> int:
         forward(x).numpy()
         times.append(time.perf_counter() - t0)
     total = sum(times)
+    train_steps = {str(micro): train_step_ms(bb, args, micro) for micro in (16, 0)}
     result = {
         "model": "efficientnet_lite0 feature extractor (include_top=False)",
         "image_size": args.size,
@@ -67,6 +97,10 @@ def main(argv=None) -> int:
         "median_batch_seconds": round(statistics.median(times), 4),
         "min_batch_seconds": round(min(times), 4),
         "output_shape": list(model.output_shape[1:]),
+        "train_step_ms_per_image": train_steps,
+        "train_step_note": "phase 2's full fine-tune (every layer but BatchNorm trainable, "
+                           "AdamW, label smoothing) on the same random batch, keyed by "
+                           "micro_batch_size (0 = the whole batch at once)",
         "machine": {
             "nproc": os.cpu_count(),
             "cpu_model": cpu_model(),
@@ -75,7 +109,8 @@ def main(argv=None) -> int:
             "loadavg_1min_before": round(load_before, 2),
             "loadavg_1min_after": round(os.getloadavg()[0], 2),
         },
-        "note": "CPU shared with other work; treat as indicative.",
+        "note": "the 1-minute load average before and after says whether the machine was "
+                "quiet",
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
