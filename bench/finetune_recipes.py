@@ -337,7 +337,9 @@ def cv_report(rows) -> list:
     sign test)."""
     lines = []
     for ds in [d for d, _ in DATASETS if any(r["dataset"] == d for r in rows)]:
-        for seed in sorted({r["seed"] for r in rows if r["dataset"] == ds}):
+        per_seed = {}  # recipe -> [pooled accuracy of each seed]
+        seeds = sorted({r["seed"] for r in rows if r["dataset"] == ds})
+        for seed in seeds:
             correct = {}
             for r in rows:
                 if r["dataset"] != ds or r["seed"] != seed or "pred" not in r:
@@ -354,6 +356,7 @@ def cv_report(rows) -> list:
             for rec in RECIPES:
                 h = correct.get(rec)
                 if h:
+                    per_seed.setdefault(rec, []).append(100 * sum(h.values()) / len(h))
                     lines.append("  %-12s accuracy %.2f %% (%d/%d images evaluated)"
                                  % (rec, 100 * sum(h.values()) / len(h), sum(h.values()),
                                     len(h)))
@@ -369,6 +372,15 @@ def cv_report(rows) -> list:
                              "%d only by %s (sign test p = %.3f)" % (
                                  a, b, 100 * (wins - losses) / len(common_idx), len(common_idx),
                                  wins, a, losses, b, _sign_test(wins, losses)))
+        if len(seeds) > 1:
+            lines.append("")
+            lines.append("== %s: mean over seeds %s (each a full cross-validation) =="
+                         % (ds, seeds))
+            for rec in RECIPES:
+                if len(per_seed.get(rec, [])) == len(seeds):
+                    vals = per_seed[rec]
+                    lines.append("  %-12s %.2f %% (%s)" % (rec, sum(vals) / len(vals),
+                                                          ", ".join("%.2f" % v for v in vals)))
     return lines
 
 
@@ -502,6 +514,9 @@ def main(argv=None) -> int:
             old = json.load(f)
         doc["results"] = old.get("results", [])
         doc["features"] = old.get("features", {})
+        # The file's results came from every resumed run: keep their commands and seeds.
+        doc["earlier_commands"] = old.get("earlier_commands", []) + [old["command"]]
+        doc["config"]["seeds"] = sorted(set(old["config"]["seeds"]) | set(args.seeds))
     done = {(r["dataset"], r["seed"], r.get("fold"), r["recipe"]) for r in doc["results"]}
     paths = dict(DATASETS)
     cache = {}  # dataset -> (images, labels, classes, feats, feats_flip)
