@@ -126,22 +126,25 @@ def flowers_tfrecords(work: Path) -> Path:
     return data
 
 
-def component_seconds(metadata_path) -> dict:
-    """Wall seconds per pipeline node of the last run, from ML Metadata."""
+def component_windows(metadata_path) -> dict:
+    """{node: (start, end)} in unix seconds of each pipeline node's execution in the last run,
+    from ML Metadata."""
     from pipeline.reporting import mlmd as mlmd_query
     store = mlmd_query.open_store(str(metadata_path))
-    return {node: round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)
+    return {node: (e.create_time_since_epoch / 1000, e.last_update_time_since_epoch / 1000)
             for node, e in mlmd_query.node_executions(store).items()}
 
 
-def component_peak_pss(metadata_path, samples) -> dict:
-    """Peak PSS (MB) of the process tree while each pipeline node ran (ML Metadata's execution
-    times against run_measured's samples): which component holds the memory."""
-    from pipeline.reporting import mlmd as mlmd_query
-    store = mlmd_query.open_store(str(metadata_path))
+def component_seconds(windows: dict) -> dict:
+    """Wall seconds per pipeline node (windows: component_windows())."""
+    return {node: round(hi - lo, 1) for node, (lo, hi) in windows.items()}
+
+
+def component_peak_pss(windows: dict, samples) -> dict:
+    """Peak PSS (MB) of the process tree while each pipeline node ran (windows:
+    component_windows(); samples: run_measured's): which component holds the memory."""
     out = {}
-    for node, e in mlmd_query.node_executions(store).items():
-        lo, hi = e.create_time_since_epoch / 1000, e.last_update_time_since_epoch / 1000
+    for node, (lo, hi) in windows.items():
         inside = [pss for t, pss in samples if lo <= t <= hi]
         if inside:
             out[node] = round(max(inside) / 2**20)

@@ -81,7 +81,7 @@ def reuse_lite0(tvs_work: Path, jpegs: list) -> dict:
 def collect(backbone: str, out: Path, log: Path, run: dict, command: list, jpegs: list) -> dict:
     text = log.read_text()
     summary = common.trainer_summary(text)
-    seconds = common.component_seconds(out / "metadata.sqlite")
+    seconds = common.component_seconds(common.component_windows(out / "metadata.sqlite"))
     pushed = next(p for p in sorted((out / "serving" / "graft").iterdir()) if p.is_dir())
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {

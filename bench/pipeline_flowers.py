@@ -40,6 +40,7 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
                                "--min-accuracy", "0.5", "--verbose", *flags], log_path,
                               samples=True)
     samples = run.pop("pss_samples")
+    windows = common.component_windows(out / "metadata.sqlite")
     log = log_path.read_text()
     training = common.trainer_summary(log)
     history = json.loads(next((out / "pipeline_root" / "Trainer" / "model_run").glob(
@@ -60,9 +61,8 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
                 "phase2_epochs": len(phase2.get("loss", [])),
                 "phase2_seconds_per_epoch": round(phase2["seconds"] / len(phase2["loss"]), 1)
                 if phase2.get("loss") else None},
-            "component_seconds": common.component_seconds(out / "metadata.sqlite"),
-            "component_peak_pss_mb": common.component_peak_pss(out / "metadata.sqlite",
-                                                               samples),
+            "component_seconds": common.component_seconds(windows),
+            "component_peak_pss_mb": common.component_peak_pss(windows, samples),
             "training": training,
             "summary": log[log.rfind("graft run summary"):].splitlines()}
 

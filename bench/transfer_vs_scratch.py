@@ -98,7 +98,7 @@ def run_point(work: Path, arm: str, fraction: float, data: Path) -> dict:
     history_path = next((out / "pipeline_root" / "Trainer" / "model_run").glob("*/history.json"))
     history = json.loads(history_path.read_text())
     phases = [h for h in (history.get("phase1"), history.get("phase2")) if h]
-    seconds = common.component_seconds(out / "metadata.sqlite")
+    seconds = common.component_seconds(common.component_windows(out / "metadata.sqlite"))
     p1, p2 = summary.get("phase1") or {}, summary.get("phase2") or {}
     return {
         "arm": arm, "fraction": fraction, "command": cmd[2:],
