@@ -322,12 +322,8 @@ def _steady(r):
 
 def _sign_test(wins: int, losses: int) -> float:
     """Two-sided exact sign test of wins vs losses (ties dropped): McNemar's exact test."""
-    import math
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+    return binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
 
 
 def cv_report(rows) -> list:
@@ -551,7 +547,10 @@ def main(argv=None) -> int:
                                           random_state=seed, stratify=labels)
         return [(None, idx_tr, idx_ev)]
 
+    folds = list(range(args.folds)) if args.folds > 1 else [None]
     for seed, ds in [(seed, ds) for seed in args.seeds for ds in args.datasets]:
+        if all((ds, seed, fold, r) in done for fold in folds for r in args.recipes):
+            continue  # nothing left: do not decode the images or compute their features
         images, labels, classes, feats, feats_flip = data(ds)
         for fold, idx_tr, idx_ev in splits(labels, seed):
             todo = [r for r in args.recipes if (ds, seed, fold, r) not in done]
