@@ -42,11 +42,12 @@ def train_step_ms(bb, args, micro: int) -> float:
     classifier = model_lib.build(bb, cfg)
     model_lib.unfreeze_top(classifier.base, len(classifier.base.layers))
     fitted = model_lib.micro_batched(classifier.model, micro, args.batch_size)
-    model_lib.compile_for(fitted, model_lib.optimizer("adamw", 1e-4, 1e-4), cfg)
+    model_lib.compile_for(fitted, model_lib.optimizer(
+        cfg.fine_tune_optimizer, cfg.fine_tune_learning_rate, cfg.weight_decay), cfg)
     rng = np.random.default_rng(0)
     x = bb.preprocess(rng.uniform(0, 255, (args.batch_size, args.size, args.size, 3))
                       .astype(np.float32))
-    y = rng.integers(0, 5, args.batch_size)
+    y = rng.integers(0, cfg.num_classes, args.batch_size)
     for _ in range(2):
         fitted.train_on_batch(x, y)
     t0 = time.perf_counter()
