@@ -55,6 +55,17 @@ def test_flip_view_appends_the_flipped_images_features_with_the_same_labels():
     assert np.abs(feats[4:] - feats[:4]).max() > 1e-3  # a different view, not a copy
 
 
+def test_cache_traces_the_backbone_once_for_both_splits_views_and_partial_batches():
+    cfg = TrainingConfig(label_names=NAMES, image_size=32)
+    extractor = model_lib.feature_extractor(model_lib.build(get_backbone(cfg.backbone), cfg))
+    train = tf.data.Dataset.from_tensor_slices((_images(4, 32), np.arange(4) % 3)).batch(3)
+    evals = tf.data.Dataset.from_tensor_slices((_images(5, 32, 1), np.arange(5) % 3)).batch(2)
+    cache = feature_cache.Cache(extractor, train, evals, flip=True)
+    assert cache.train_x.shape == (8, 1280) and cache.eval_x.shape == (5, 1280)
+    # Batches of 3, 1, 2 and 1 images, plain and flipped: one trace of the backbone.
+    assert cache.traces == 1 and cache.describe()["traces"] == 1
+
+
 def test_head_training_moves_the_full_models_head():
     cfg = TrainingConfig(label_names=NAMES, image_size=32, weights="none")
     classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
