@@ -36,13 +36,21 @@ def make_signatures(model, tf_transform_output, cfg: TrainingConfig) -> dict:
     image_spec = raw_spec[image_key]
     label_names = tf.constant([str(n) for n in cfg.label_names])
 
-    def predict(transformed):
-        return model(transformed[transform.IMAGE_XF], training=False)
+    # Each piece traced once and shared by the signatures that need it: tracing the backbone
+    # or the Transform graph costs seconds per trace.
+    @tf.function
+    def transform_image(raw_image):
+        return model.tft_layer({image_key: raw_image})[transform.IMAGE_XF]
+
+    @tf.function(input_signature=[tf.TensorSpec([None] + list(model.input_shape[1:]),
+                                                tf.float32)])
+    def predict(image_xf):
+        return model(image_xf, training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve_image_bytes(image_bytes):
         raw = {image_key: _bytes_as_raw_feature(image_bytes, image_spec)}
-        probs = predict(model.tft_layer(raw))
+        probs = predict(transform_image(raw[image_key]))
         index = tf.argmax(probs, axis=-1)
         batch = tf.shape(probs)[0]
         return {"probabilities": probs, "class_index": index,
@@ -54,7 +62,7 @@ def make_signatures(model, tf_transform_output, cfg: TrainingConfig) -> dict:
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_examples(serialized):
         raw = tf.io.parse_example(serialized, {image_key: image_spec})
-        return {"probabilities": predict(model.tft_layer(raw))}
+        return {"probabilities": predict(transform_image(raw[image_key]))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(serialized):
