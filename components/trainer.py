@@ -235,7 +235,8 @@ def run_fn(fn_args) -> None:
     save_dir = distribution.save_path(fn_args.serving_model_dir)
     # The served model needs no optimizer state, and a plain loss keeps it loadable anywhere.
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.save(save_dir, save_format="tf", signatures=sigs, include_optimizer=False)
+    model.save(save_dir, save_format="tf", signatures=sigs, include_optimizer=False,
+               save_traces=model_lib.needs_layer_traces(model))
     clock["saved"] = time.time()
     if not distribution.is_chief():
         shutil.rmtree(save_dir, ignore_errors=True)

@@ -271,6 +271,7 @@ def test_phase2_trains_the_whole_module_with_batchnorm_in_inference_mode(
     # module's directory gone.
     expected = classifier.model.predict(x_eval, batch_size=16, verbose=0)
     saved = str(tmp_path / "saved")
+    assert model_lib.needs_layer_traces(classifier.model)  # HubLayer: not built from config
     classifier.model.save(saved, save_format="tf", include_optimizer=False)
     shutil.rmtree(module)
     loaded = tf.saved_model.load(saved)

@@ -66,6 +66,20 @@ def test_cache_traces_the_backbone_once_for_both_splits_views_and_partial_batche
     assert cache.traces == 1 and cache.describe()["traces"] == 1
 
 
+def test_builtin_layers_save_without_traces_and_keras_rebuilds_the_same_model(tmp_path):
+    cfg = TrainingConfig(label_names=NAMES, image_size=32)
+    model = model_lib.build(get_backbone(cfg.backbone), cfg).model
+    assert not model_lib.needs_layer_traces(model)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(str(tmp_path / "m"), save_format="tf", include_optimizer=False,
+               save_traces=False)
+    # What TFMA's Evaluator does with model_type tf_keras: Keras loads it from the configs.
+    loaded = tf_keras.models.load_model(str(tmp_path / "m"))
+    assert isinstance(loaded, tf_keras.Model)
+    x = _images(4, 32)
+    assert np.abs(loaded.predict(x, verbose=0) - model.predict(x, verbose=0)).max() <= 1e-5
+
+
 def test_head_training_moves_the_full_models_head():
     cfg = TrainingConfig(label_names=NAMES, image_size=32, weights="none")
     classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
