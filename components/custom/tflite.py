@@ -149,12 +149,15 @@ def sample_examples(examples, limit: int, seed: int = 0) -> list:
     return kept
 
 
-def compare(model_dir: str, runner: "Runner", examples, chunk: int = 32) -> dict:
+def compare(model, runner: "Runner", examples, chunk: int = 32) -> dict:
     """The TFLite model and the SavedModel's `serving_default` (raw bytes in, as TF Serving
-    runs it) on the same (image bytes, label) examples, streamed in chunks. Returns
+    runs it) on the same (image bytes, label) examples, streamed in chunks. model: the
+    SavedModel's directory, or the SavedModel loaded already (loading costs seconds). Returns
     {'count', 'tflite_accuracy', 'savedmodel_accuracy', 'max_abs_diff'} (max_abs_diff: the
     largest probability difference between the two)."""
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    if isinstance(model, str):
+        model = tf.saved_model.load(model)
+    serve = model.signatures["serving_default"]
     count = tfl_right = sm_right = 0
     max_diff = 0.0
     batch: list = []

@@ -70,7 +70,7 @@ def export(model_dir: str, examples_uri: str, split_names: list, cfg: TrainingCo
     # One thread: measured on a busy 2-core machine, a 2-thread interpreter's median call was
     # 100x its best (thread-pool stalls, bench/results/tflite.json); one thread never stalls.
     runner = tflite.Runner(model_content=content, num_threads=1)
-    scores = tflite.compare(model_dir, runner, tflite.iter_examples(
+    scores = tflite.compare(model, runner, tflite.iter_examples(
         gating_files, cfg.image_key, cfg.label_key))
     content, metadata = tflite.add_metadata(content, cfg.label_names)
     tflite.write_model(out_dir, content, cfg.label_names)
