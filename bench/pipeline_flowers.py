@@ -5,7 +5,8 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
 - `seed, no cache`: `--recipe seed --no-feature-cache` (the original recipe and code path);
 - `seed, cache`: `--recipe seed` (the same recipe, phase 1 on cached features: the cache alone);
 - `default`: every default;
-- `plain Keras, default`: bench/plain_keras.py, the same training function without TFX.
+- `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
+  the model saved as the Trainer saves it (without the Transform signatures).
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
 with the summary's accuracy lines and their 95 % intervals), accuracy after each phase,
 per-component seconds, the Trainer's phases (feature extraction, head, fine-tuning), peak
@@ -100,8 +101,10 @@ def main() -> int:
               "arms": {}}
     for name in args.arms:
         if name == "plain":
+            shutil.rmtree(work / "plain_model", ignore_errors=True)
             plain = common.run_measured([sys.executable, "-m", "bench.plain_keras", "--data",
-                                         str(data), "--json", str(work / "plain.json")],
+                                         str(data), "--json", str(work / "plain.json"),
+                                         "--save", str(work / "plain_model")],
                                         work / "plain.log")
             result["arms"]["plain"] = dict(plain, **json.loads((work / "plain.json").read_text()))
         else:
@@ -116,6 +119,11 @@ def main() -> int:
     if "default" in arms and "plain" in arms:
         result["pipeline_to_plain_ratio"] = round(
             arms["default"]["pipeline"]["seconds"] / arms["plain"]["seconds"], 2)
+        # TFLiteExport makes an output plain Keras does not.
+        result["pipeline_to_plain_ratio_without_tflite"] = round(
+            (arms["default"]["pipeline"]["seconds"]
+             - arms["default"]["component_seconds"].get("TFLiteExport", 0.0))
+            / arms["plain"]["seconds"], 2)
     if "default" in arms and "seed_nocache" in arms:
         result["accuracy_gain_points"] = round(100 * (
             arms["default"]["evaluator_accuracy"] - arms["seed_nocache"]["evaluator_accuracy"]),

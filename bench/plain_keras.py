@@ -3,9 +3,13 @@ the baseline for the pipeline/plain wall-time ratio. Same TFRecords, same decode
 preprocess ops, same model, and the very same training function (components.trainer.train:
 phase 1 on cached features or on images, phase 2, early stopping, augmentation).
 
-    .venv/bin/python -m bench.plain_keras --data TFRECORDS_DIR --json OUT.json [graft run flags]
+    .venv/bin/python -m bench.plain_keras --data TFRECORDS_DIR --json OUT.json [--save DIR] \
+        [graft run flags]
 
-Training flags are `graft run`'s (e.g. --recipe seed --no-feature-cache).
+Training flags are `graft run`'s (e.g. --recipe seed --no-feature-cache). --save DIR saves the
+trained model as a plain script would deliver it (Keras SavedModel, no optimizer, layer traces
+only when the Trainer's export needs them; no Transform signatures: there is no Transform
+graph), timed apart as `save_seconds`.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--save", default="", help="save the trained model to this directory")
     configs.add_config_arguments(p)
     args = p.parse_args()
     start = time.time()
@@ -66,6 +71,14 @@ def main() -> int:
                                                   compression_type=""))
     final = classifier.model.evaluate(make_ds(eval_files, backbone, cfg, batch, False),
                                       verbose=0, return_dict=True)
+    save_seconds = 0.0
+    if args.save:
+        t0 = time.time()
+        model = classifier.model
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.save(args.save, save_format="tf", include_optimizer=False,
+                   save_traces=model_lib.needs_layer_traces(model))
+        save_seconds = time.time() - t0
     best1, best2 = trainer.best(phase1), trainer.best(phase2)
     result = {"phase1_val_accuracy": best1.get("val_accuracy"),
               "phase2_val_accuracy": best2.get("val_accuracy"), "phase2_kept": best2.get("kept"),
@@ -80,6 +93,7 @@ def main() -> int:
               "phase2_seconds": round(phase2.get("seconds", 0), 1),
               "feature_cache": phase1.get("feature_cache"),
               "class_weight": phase1.get("class_weight"),
+              "save_seconds": round(save_seconds, 1),
               "total_seconds": round(time.time() - start, 1)}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
