@@ -305,6 +305,7 @@ def test_graft_run_with_a_hub_backbone_pushes_a_model_that_needs_no_module(
     summary = next(out.glob("pipeline_root/Trainer/model_run/*/training_summary.json"))
     facts = json.loads(summary.read_text())
     assert facts["backbone"] == "hub:%s" % module and facts["image_size"] == IMAGE_SIZE
+    assert facts["layer_traces"] is True  # the HubLayer is not rebuilt from a config
     pushed = next(p for p in (out / "serving" / "digits").iterdir() if p.name.isdigit())
     shutil.rmtree(module)
     served = tf.saved_model.load(str(pushed))

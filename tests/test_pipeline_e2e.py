@@ -218,6 +218,8 @@ def test_training_history_saved(runs):
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["strategy"] == "_DefaultDistributionStrategy"
     assert summary["precision"] == "float32"
+    # Built-in Keras layers only: saved without per-layer traces (the Evaluator loads it).
+    assert summary["layer_traces"] is False
     seconds = summary["seconds"]
     assert set(seconds) == {"setup_and_build", "features", "phase1", "phase2", "train",
                             "final_evaluate", "export"}

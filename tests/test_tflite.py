@@ -86,20 +86,21 @@ def trained(tmp_path_factory):
 
     model_dir = str(root / "model")
     model.compile(loss="sparse_categorical_crossentropy")
+    # Saved as the Trainer saves it: no per-layer traces, so it loads only through Keras.
     model.save(model_dir, save_format="tf", include_optimizer=False,
-               signatures={"serving_default": serve.get_concrete_function()})
+               signatures={"serving_default": serve.get_concrete_function()},
+               save_traces=model_lib.needs_layer_traces(model))
     images = [_image(rng, i % 3, SIZE) for i in range(12)]
     return model_dir, examples, cfg, images, [i % 3 for i in range(12)]
 
 
 @pytest.fixture(scope="module")
 def float32_model(trained):
-    import tensorflow as tf
 
     from components.backbones import registry
     from components.custom import tflite
     model_dir, _, cfg, _, _ = trained
-    return tflite.convert(tf.saved_model.load(model_dir), registry.get_backbone(cfg.backbone),
+    return tflite.convert(tflite.load_model(model_dir), registry.get_backbone(cfg.backbone),
                           SIZE, "float32")
 
 

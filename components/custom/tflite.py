@@ -57,10 +57,17 @@ def decode_uint8(image_bytes: list, size: int, batch: int = 32) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros([0, size, size, 3], np.uint8)
 
 
+def load_model(model_dir: str):
+    """The Trainer's exported classifier, callable, with its signatures: Keras rebuilds it
+    from its config (the Trainer saves built-in Keras layers without per-layer traces, so the
+    object tf.saved_model.load returns has the signatures but cannot be called)."""
+    import tf_keras
+    return tf_keras.models.load_model(model_dir, compile=False)
+
+
 def uint8_function(model, backbone, size: int):
     """tf.function: uint8 [None, S, S, 3] -> {'probabilities'}: cast, the backbone's
-    preprocessing, the classifier (a Keras model or a loaded Keras SavedModel) in inference
-    mode."""
+    preprocessing, the classifier (a Keras model, e.g. load_model()'s) in inference mode."""
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")])
     def serve(image):
         x = backbone.preprocess(tf.cast(image, tf.float32))
@@ -152,7 +159,7 @@ def sample_examples(examples, limit: int, seed: int = 0) -> list:
 def compare(model, runner: "Runner", examples, chunk: int = 32) -> dict:
     """The TFLite model and the SavedModel's `serving_default` (raw bytes in, as TF Serving
     runs it) on the same (image bytes, label) examples, streamed in chunks. model: the
-    SavedModel's directory, or the SavedModel loaded already (loading costs seconds). Returns
+    SavedModel's directory, or the model loaded already (load_model(): seconds). Returns
     {'count', 'tflite_accuracy', 'savedmodel_accuracy', 'max_abs_diff'} (max_abs_diff: the
     largest probability difference between the two)."""
     if isinstance(model, str):
