@@ -229,13 +229,13 @@ def run_fn(fn_args) -> None:
                "final_val_accuracy": float(final["accuracy"]),
                "eval_examples": dataset.count_examples(fn_args.eval_files),
                "final_val_loss": float(final["loss"])}
-    # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the chief
-    # to the real location, the others to a throwaway directory.
     # Asked before make_signatures attaches the Transform layer (tracked, outside the model's
     # config: Keras loads the model without its traces).
     layer_traces = model_lib.needs_layer_traces(model)
     summary["layer_traces"] = layer_traces
     sigs = signatures.make_signatures(model, tf_transform_output, cfg)
+    # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the chief
+    # to the real location, the others to a throwaway directory.
     save_dir = distribution.save_path(fn_args.serving_model_dir)
     # The served model needs no optimizer state, and a plain loss keeps it loadable anywhere.
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
