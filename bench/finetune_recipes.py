@@ -25,7 +25,8 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
        warm-up then cosine decay to 0, categorical CE with label smoothing 0.1, 6 epochs,
        no early stopping;
      - `half`: like `full` with the top 50 % of base.layers trainable;
-     - `full_3e-5`: `full` with a peak learning rate of 3e-5; `full_10`: `full` for 10 epochs.
+     - `full_3e-5`: `full` with a peak learning rate of 3e-5; `full_10`: `full` for 10 epochs;
+       `half_10`: `half` for 10 epochs (the default schedule on half the layers).
    Each records the final eval accuracy, flip-TTA accuracy (mean of the probabilities of the
    image and its horizontal flip), the per-epoch val accuracy curve, seconds, s/epoch.
 Results (plus machine and command) are rewritten to bench/results/finetune_recipes.json
@@ -60,10 +61,10 @@ DATASETS = (("mri-dev", os.path.join(os.path.dirname(_REPO), "shared", "data", "
                                          "flowers-dev")))
 SEEDS = (1, 2, 3)
 BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
-PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10")
+PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10", "half_10")
 # Variants of `full`: a lower peak learning rate, or 10 epochs instead of --full-epochs.
 PEAK_LR = {"full_3e-5": 3e-5}
-EPOCHS = {"full_10": 10}
+EPOCHS = {"full_10": 10, "half_10": 10}
 RECIPES = BASELINES + PHASE2
 BACKBONE = "efficientnet_lite0"
 SIZE = 224
@@ -213,7 +214,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     copy_head(head, model)  # head: head_weights() of the phase-1 head
 
     n_layers = 20 if recipe == "seed" else \
-        len(base.layers) // 2 if recipe == "half" else len(base.layers)
+        len(base.layers) // 2 if recipe.startswith("half") else len(base.layers)
     with_weights = model_lib.unfreeze_top(base, n_layers)  # BatchNorm stays frozen
     steps = int(np.ceil(len(x_tr) / BATCH))
     smooth = recipe != "seed"
@@ -357,7 +358,8 @@ def cv_report(rows) -> list:
                                  % (rec, 100 * sum(h.values()) / len(h), sum(h.values()),
                                     len(h)))
             for a, b in (("full", "seed"), ("full", "head_flip"), ("full", "logreg"),
-                         ("seed", "head_flip"), ("full_10", "full"), ("full_10", "seed")):
+                         ("seed", "head_flip"), ("full_10", "full"), ("full_10", "seed"),
+                         ("half_10", "full_10"), ("half_10", "seed")):
                 ha, hb = correct.get(a), correct.get(b)
                 if not ha or not hb:
                     continue
