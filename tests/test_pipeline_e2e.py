@@ -270,6 +270,9 @@ def test_trainer_and_serving_see_the_same_tensors(runs):
     keras_model = tf_keras.models.load_model(pushed_dir)
     in_memory = keras_model(trainer_images, training=False).numpy()
     assert np.abs(served_probs - in_memory).max() <= 1e-5
+    # The classifier saved as a graph (what TFLiteExport converts): the same probabilities.
+    graph = loaded.classify_image_xf(trainer_images).numpy()
+    assert np.abs(graph - in_memory).max() <= 1e-5
 
 
 # --- run report (pipeline/reporting/report.py): OUTPUT/report.html of the last (floor) run ---

@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
     import tensorflow as tf
     import tf_keras
 
-    from components import image_ops, model as model_lib, transform
+    from components import image_ops, model as model_lib, signatures, transform
     from components.backbones import registry
     from components.training_config import TrainingConfig
 
@@ -86,7 +86,9 @@ def trained(tmp_path_factory):
 
     model_dir = str(root / "model")
     model.compile(loss="sparse_categorical_crossentropy")
-    # Saved as the Trainer saves it: no per-layer traces, so it loads only through Keras.
+    # Saved as the Trainer saves it: no per-layer traces (tf.saved_model.load cannot call
+    # it), the classifier attached as classify_image_xf (what the conversion uses).
+    signatures.attach_classifier(model)
     model.save(model_dir, save_format="tf", include_optimizer=False,
                signatures={"serving_default": serve.get_concrete_function()},
                save_traces=model_lib.needs_layer_traces(model))
@@ -289,3 +291,13 @@ def test_metadata_reason_without_tflite_support(float32_model, monkeypatch):
     assert content == float32_model
     assert note == ("no metadata: tflite-support not importable (libusb-1.0.so.0: cannot open "
                     "shared object file)")
+
+
+def test_a_savedmodel_without_a_classifier_is_a_clear_error(tmp_path):
+    import tensorflow as tf
+
+    from components.custom import tflite
+    tf.saved_model.save(tf.Module(), str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="classify_image_xf"):
+        tflite.classifier_fn(tflite.load_model(str(tmp_path / "m")))
+

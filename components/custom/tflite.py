@@ -58,20 +58,34 @@ def decode_uint8(image_bytes: list, size: int, batch: int = 32) -> np.ndarray:
 
 
 def load_model(model_dir: str):
-    """The Trainer's exported classifier, callable, with its signatures: Keras rebuilds it
-    from its config (the Trainer saves built-in Keras layers without per-layer traces, so the
-    object tf.saved_model.load returns has the signatures but cannot be called)."""
-    import tf_keras
-    return tf_keras.models.load_model(model_dir, compile=False)
+    """The Trainer's exported SavedModel (tf.saved_model.load: its signatures and
+    `classify_image_xf`)."""
+    return tf.saved_model.load(model_dir)
+
+
+def classifier_fn(model):
+    """image_xf -> probabilities of `model`: the exported `classify_image_xf`
+    (signatures.attach_classifier) when the model carries it, else the model itself called
+    in inference mode (a Keras model, or a SavedModel saved with Keras' layer traces)."""
+    fn = getattr(model, "classify_image_xf", None)
+    if fn is not None:
+        return fn
+    if not callable(model):
+        raise ValueError("the SavedModel has neither classify_image_xf nor a callable "
+                         "Keras model; export it with the Trainer (signatures."
+                         "attach_classifier)")
+    return lambda x: model(x, training=False)
 
 
 def uint8_function(model, backbone, size: int):
     """tf.function: uint8 [None, S, S, 3] -> {'probabilities'}: cast, the backbone's
-    preprocessing, the classifier (a Keras model, e.g. load_model()'s) in inference mode."""
+    preprocessing, the classifier (classifier_fn(model)) in inference mode."""
+    classify = classifier_fn(model)
+
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="image")])
     def serve(image):
         x = backbone.preprocess(tf.cast(image, tf.float32))
-        return {OUTPUT_NAME: tf.cast(model(x, training=False), tf.float32)}
+        return {OUTPUT_NAME: tf.cast(classify(x), tf.float32)}
     return serve
 
 
