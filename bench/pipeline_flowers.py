@@ -60,12 +60,41 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
                 "phase1": round(history["phase1"]["seconds"], 1),
                 "phase2": round(phase2.get("seconds", 0.0), 1),
                 "phase2_epochs": len(phase2.get("loss", [])),
+                "phase2_epoch_end_seconds": phase2.get("epoch_end_seconds", []),
                 "phase2_seconds_per_epoch": round(phase2["seconds"] / len(phase2["loss"]), 1)
                 if phase2.get("loss") else None},
             "component_seconds": common.component_seconds(windows),
             "component_peak_pss_mb": common.component_peak_pss(windows, samples),
             "training": training,
             "summary": log[log.rfind("graft run summary"):].splitlines()}
+
+
+def same_epochs(seconds: float, epoch_ends: list, epochs: int) -> float:
+    """`seconds` had phase 2 stopped after `epochs` epochs: minus its later epochs
+    (epoch_ends: phase 2's clock at the end of each epoch)."""
+    if not epoch_ends or epochs >= len(epoch_ends):
+        return seconds
+    return seconds - (epoch_ends[-1] - epoch_ends[epochs - 1])
+
+
+def plain_ratios(default: dict, plain: dict) -> dict:
+    """Pipeline / plain Keras wall time, as run and at the same number of phase-2 epochs
+    (early stopping may stop the two at different epochs: the ratio should measure the
+    pipeline's overhead, not that), each also without TFLiteExport (an output plain Keras
+    does not make)."""
+    pipe, flat = default["pipeline"]["seconds"], plain["seconds"]
+    tflite = default["component_seconds"].get("TFLiteExport", 0.0)
+    pipe_ends = default["trainer_phases_seconds"].get("phase2_epoch_end_seconds") or []
+    plain_ends = plain.get("phase2_epoch_end_seconds") or []
+    k = min(len(pipe_ends), len(plain_ends))
+    pipe_k, flat_k = same_epochs(pipe, pipe_ends, k), same_epochs(flat, plain_ends, k)
+    return {"pipeline_to_plain_ratio": round(pipe / flat, 2),
+            "pipeline_to_plain_ratio_without_tflite": round((pipe - tflite) / flat, 2),
+            "phase2_epochs": {"pipeline": len(pipe_ends), "plain": len(plain_ends)},
+            "same_epochs": {"phase2_epochs": k, "pipeline_seconds": round(pipe_k, 1),
+                            "plain_seconds": round(flat_k, 1),
+                            "ratio": round(pipe_k / flat_k, 2),
+                            "ratio_without_tflite": round((pipe_k - tflite) / flat_k, 2)}}
 
 
 def main() -> int:
@@ -117,13 +146,7 @@ def main() -> int:
             arms["seed_nocache"]["component_seconds"]["Trainer"]
             / arms["seed_cache"]["component_seconds"]["Trainer"], 2)
     if "default" in arms and "plain" in arms:
-        result["pipeline_to_plain_ratio"] = round(
-            arms["default"]["pipeline"]["seconds"] / arms["plain"]["seconds"], 2)
-        # TFLiteExport makes an output plain Keras does not.
-        result["pipeline_to_plain_ratio_without_tflite"] = round(
-            (arms["default"]["pipeline"]["seconds"]
-             - arms["default"]["component_seconds"].get("TFLiteExport", 0.0))
-            / arms["plain"]["seconds"], 2)
+        result.update(plain_ratios(arms["default"], arms["plain"]))
     if "default" in arms and "seed_nocache" in arms:
         result["accuracy_gain_points"] = round(100 * (
             arms["default"]["evaluator_accuracy"] - arms["seed_nocache"]["evaluator_accuracy"]),
