@@ -5,6 +5,8 @@ Builds the base with the offline ImageNet weights, runs warm-up batches, then ti
 batches of random preprocessed images; prints the result and writes
 bench/results/lite0_forward.json (images/s plus machine: nproc, CPU model, TF version).
 Usage: .venv/bin/python -m bench.lite0_forward [--batches N] [--warmup N] [--batch-size N]
+           [--policy mixed_bfloat16 --out bench/results/lite0_forward_bf16.json]
+(--policy: the Keras precision policy of both measurements; the Trainer uses float32 on CPU.)
 """
 from __future__ import annotations
 
@@ -63,15 +65,20 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--policy", default="float32", choices=("float32", "mixed_bfloat16"),
+                   help="Keras precision policy (mixed_bfloat16: bf16 compute, float32 "
+                   "variables)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "results", "lite0_forward.json"))
     args = p.parse_args(argv)
 
     import numpy as np
     import tensorflow as tf
+    import tf_keras
 
     from components.backbones import get_backbone
 
+    tf_keras.mixed_precision.set_global_policy(args.policy)
     bb = get_backbone("efficientnet_lite0")
     model = bb.build_base(weights="imagenet", image_size=args.size)
     forward = tf.function(lambda x: model(x, training=False), jit_compile=False)
@@ -92,6 +99,7 @@ def main(argv=None) -> int:
         "model": "efficientnet_lite0 feature extractor (include_top=False)",
         "image_size": args.size,
         "batch_size": args.batch_size,
+        "policy": args.policy,
         "warmup_batches": args.warmup,
         "timed_batches": args.batches,
         "images_per_second": round(args.batch_size * args.batches / total, 2),
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=2)
         f.write("\n")
     os.replace(args.out + ".tmp", args.out)
-    print(f"efficientnet_lite0 features @{args.size}px batch {args.batch_size}: "
+    print(f"efficientnet_lite0 features @{args.size}px batch {args.batch_size} {args.policy}: "
           f"{result['images_per_second']} images/s "
           f"(median {result['median_batch_seconds']} s/batch, {os.cpu_count()} CPUs, "
           f"{result['machine']['cpu_model']}, TF {tf.__version__})")
