@@ -74,10 +74,7 @@ def main() -> int:
     save_seconds = 0.0
     if args.save:
         t0 = time.time()
-        model = classifier.model
-        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.save(args.save, save_format="tf", include_optimizer=False,
-                   save_traces=model_lib.needs_layer_traces(model))
+        model_lib.save_for_serving(classifier.model, args.save)
         save_seconds = time.time() - t0
     best1, best2 = trainer.best(phase1), trainer.best(phase2)
     result = {"phase1_val_accuracy": best1.get("val_accuracy"),

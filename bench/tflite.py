@@ -72,7 +72,7 @@ def latencies(args) -> dict:
     from components.custom import tflite
     cfg = _config(args)
     data, image = _probe(args)
-    loaded = tflite.load_model(args.model_dir)
+    loaded = tf.saved_model.load(args.model_dir)
     fn = tflite.uint8_function(loaded, registry.get_backbone(cfg.backbone), cfg.input_size())
     serve = loaded.signatures["serving_default"]
     batch = tf.constant(image[np.newaxis])
@@ -121,6 +121,7 @@ def main(argv=None) -> int:
         print(json.dumps(latencies(args)))
         return 0
 
+    import tensorflow as tf
 
     from bench.common import machine, write_json
     from components.backbones import registry
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     variables = tflite.directory_bytes(os.path.join(args.model_dir, "variables"))
     rows["savedmodel"] = {"size_mb": round(tflite.directory_bytes(args.model_dir) / 1e6, 2),
                           "variables_mb": round(variables / 1e6, 2)}
-    loaded = tflite.load_model(args.model_dir)
+    loaded = tf.saved_model.load(args.model_dir)
     workdir = args.keep or tempfile.mkdtemp(prefix="graft-bench-tflite-")
     os.makedirs(workdir, exist_ok=True)
     files = []

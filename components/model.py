@@ -148,6 +148,19 @@ def needs_layer_traces(model) -> bool:
     return custom(model)
 
 
+def save_for_serving(model, path: str, signatures=None, layer_traces=None) -> bool:
+    """Save `model` as a SavedModel to serve: no optimizer state, a plain loss (loadable
+    without graft's), Keras' layer traces only where needs_layer_traces(model) says so
+    (pass `layer_traces` when asked before layers were attached as attributes). Returns
+    whether the traces were saved."""
+    if layer_traces is None:
+        layer_traces = needs_layer_traces(model)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(path, save_format="tf", signatures=signatures, include_optimizer=False,
+               save_traces=layer_traces)
+    return layer_traces
+
+
 def smoothed_loss(num_classes: int, label_smoothing: float):
     """Cross-entropy of integer labels against softmax probabilities, with label smoothing
     (tf_keras' sparse cross-entropy has none): the one-hot target becomes

@@ -237,10 +237,7 @@ def run_fn(fn_args) -> None:
     # Saving is collective under MultiWorkerMirroredStrategy: every worker saves, the chief
     # to the real location, the others to a throwaway directory.
     save_dir = distribution.save_path(fn_args.serving_model_dir)
-    # The served model needs no optimizer state, and a plain loss keeps it loadable anywhere.
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.save(save_dir, save_format="tf", signatures=sigs, include_optimizer=False,
-               save_traces=layer_traces)
+    model_lib.save_for_serving(model, save_dir, sigs, layer_traces)
     clock["saved"] = time.time()
     if not distribution.is_chief():
         shutil.rmtree(save_dir, ignore_errors=True)

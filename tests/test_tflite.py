@@ -85,24 +85,23 @@ def trained(tmp_path_factory):
         return {"probabilities": model(xf[transform.IMAGE_XF], training=False)}
 
     model_dir = str(root / "model")
-    model.compile(loss="sparse_categorical_crossentropy")
     # Saved as the Trainer saves it: no per-layer traces (tf.saved_model.load cannot call
     # it), the classifier attached as classify_image_xf (what the conversion uses).
     signatures.attach_classifier(model)
-    model.save(model_dir, save_format="tf", include_optimizer=False,
-               signatures={"serving_default": serve.get_concrete_function()},
-               save_traces=model_lib.needs_layer_traces(model))
+    assert not model_lib.save_for_serving(
+        model, model_dir, {"serving_default": serve.get_concrete_function()})
     images = [_image(rng, i % 3, SIZE) for i in range(12)]
     return model_dir, examples, cfg, images, [i % 3 for i in range(12)]
 
 
 @pytest.fixture(scope="module")
 def float32_model(trained):
+    import tensorflow as tf
 
     from components.backbones import registry
     from components.custom import tflite
     model_dir, _, cfg, _, _ = trained
-    return tflite.convert(tflite.load_model(model_dir), registry.get_backbone(cfg.backbone),
+    return tflite.convert(tf.saved_model.load(model_dir), registry.get_backbone(cfg.backbone),
                           SIZE, "float32")
 
 
@@ -299,5 +298,4 @@ def test_a_savedmodel_without_a_classifier_is_a_clear_error(tmp_path):
     from components.custom import tflite
     tf.saved_model.save(tf.Module(), str(tmp_path / "m"))
     with pytest.raises(ValueError, match="classify_image_xf"):
-        tflite.classifier_fn(tflite.load_model(str(tmp_path / "m")))
-
+        tflite.classifier_fn(tf.saved_model.load(str(tmp_path / "m")))

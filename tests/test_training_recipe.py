@@ -70,9 +70,7 @@ def test_builtin_layers_save_without_traces_and_keras_rebuilds_the_same_model(tm
     cfg = TrainingConfig(label_names=NAMES, image_size=32)
     model = model_lib.build(get_backbone(cfg.backbone), cfg).model
     assert not model_lib.needs_layer_traces(model)
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.save(str(tmp_path / "m"), save_format="tf", include_optimizer=False,
-               save_traces=False)
+    assert not model_lib.save_for_serving(model, str(tmp_path / "m"))  # the Trainer's save
     # What TFMA's Evaluator does with model_type tf_keras: Keras loads it from the configs.
     loaded = tf_keras.models.load_model(str(tmp_path / "m"))
     assert isinstance(loaded, tf_keras.Model)

@@ -57,12 +57,6 @@ def decode_uint8(image_bytes: list, size: int, batch: int = 32) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros([0, size, size, 3], np.uint8)
 
 
-def load_model(model_dir: str):
-    """The Trainer's exported SavedModel (tf.saved_model.load: its signatures and
-    `classify_image_xf`)."""
-    return tf.saved_model.load(model_dir)
-
-
 def classifier_fn(model):
     """image_xf -> probabilities of `model`: the exported `classify_image_xf`
     (signatures.attach_classifier) when the model carries it, else the model itself called
@@ -173,7 +167,7 @@ def sample_examples(examples, limit: int, seed: int = 0) -> list:
 def compare(model, runner: "Runner", examples, chunk: int = 32) -> dict:
     """The TFLite model and the SavedModel's `serving_default` (raw bytes in, as TF Serving
     runs it) on the same (image bytes, label) examples, streamed in chunks. model: the
-    SavedModel's directory, or the model loaded already (load_model(): seconds). Returns
+    SavedModel's directory, or the SavedModel loaded already (loading costs seconds). Returns
     {'count', 'tflite_accuracy', 'savedmodel_accuracy', 'max_abs_diff'} (max_abs_diff: the
     largest probability difference between the two)."""
     if isinstance(model, str):

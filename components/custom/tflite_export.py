@@ -65,7 +65,7 @@ def export(model_dir: str, examples_uri: str, split_names: list, cfg: TrainingCo
             tflite.iter_examples(_files(examples_uri, "train"), cfg.image_key, cfg.label_key),
             representative_count, seed=cfg.seed)
         representative = tflite.decode_uint8([b for b, _ in sample], size)
-    model = tflite.load_model(model_dir)
+    model = tf.saved_model.load(model_dir)
     content = tflite.convert(model, backbone, size, fmt, representative)
     # One thread: measured on a busy 2-core machine, a 2-thread interpreter's median call was
     # 100x its best (thread-pool stalls, bench/results/tflite.json); one thread never stalls.
