@@ -21,9 +21,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tfx, pipeline.cli'
   PY=$(find_python) || { echo "error: Python 3.10 not found (TFX 1.16 needs Python < 3.11); set GRAFT_PYTHON=/path/to/python3.10" >&2; exit 2; }
   echo "setup: using $PY"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  # A download cut off mid-file (seen in CI: TensorFlow's 590 MB wheel stopped at 275 MB six
+  # times in a row, resuming from the same byte) fails pip; a new attempt starts the file afresh.
+  retry() { local n; for n in 1 2 3; do "$@" && return 0; echo "setup: attempt $n failed: $*" >&2; sleep $((n * 10)); done; return 1; }
+  retry .venv/bin/python -m pip install --quiet --upgrade pip
   start=$(date +%s)
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[lite12,tflite-metadata]'
+  retry .venv/bin/python -m pip install --quiet --resume-retries 10 -c constraints.txt -e '.[lite12,tflite-metadata]'
   echo "setup: installed in $(( $(date +%s) - start )) s"
 fi
 
