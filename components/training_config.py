@@ -23,7 +23,7 @@ RECIPES = {
     "default": {},
     "seed": {"epochs": 10, "fine_tune_epochs": 5, "fine_tune_learning_rate": 1e-5,
              "fine_tune_layers": 20, "fine_tune_schedule": "constant",
-             "fine_tune_optimizer": "adam", "label_smoothing": 0.0},
+             "fine_tune_optimizer": "adam", "label_smoothing": 0.0, "keep_phase2": "val_loss"},
 }
 
 
@@ -96,12 +96,19 @@ class TrainingConfig:
         "inverse of its share of the training images (n / (classes x count)), 'none' weighs "
         "every image alike", choices=("balanced", "none"))
     early_stopping_patience: int = config_field(
-        3, "epochs without a better validation loss before a phase stops")
+        3, "epochs without a better validation loss before a phase stops (phase 2's warm-up "
+        "epochs are not judged)")
+    keep_phase2: str = config_field(
+        "accuracy", "when phase 2's weights are kept over phase 1's: 'accuracy' unless its "
+        "validation accuracy (at the epoch early stopping restored) is below phase 1's; "
+        "'val_loss' only when its validation loss is lower (the seed's rule)",
+        choices=("accuracy", "val_loss"))
     augment: bool = config_field(True, "augmentation (flip, crop, brightness) of training images",
                                  negative="--no-augment")
     recipe: str = config_field(
         "default", "'seed' restores the original recipe (phase 2: top 20 layers, Adam 1e-5, "
-        "constant, no label smoothing, 10 + 5 epochs); explicit flags still win",
+        "constant, no label smoothing, 10 + 5 epochs, kept on validation loss); explicit flags "
+        "still win",
         choices=tuple(RECIPES))
     seed: int = 42
     code_version: str = ""                 # hash of component sub-packages (cache key)

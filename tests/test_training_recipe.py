@@ -108,6 +108,46 @@ def test_fine_tune_fraction_counts_layers_the_seeds_way(name, layers, fifth, all
                    for layer in base.layers)
 
 
+def test_phase2_early_stopping_does_not_judge_the_warm_up():
+    from components import trainer
+    cfg = TrainingConfig(fine_tune_epochs=10, warmup_epochs=1)
+    assert model_lib.warmup_epochs_unjudged(cfg) == 1
+    assert model_lib.warmup_epochs_unjudged(dataclasses.replace(cfg, warmup_epochs=2.5)) == 3
+    assert model_lib.warmup_epochs_unjudged(dataclasses.replace(cfg, fine_tune_epochs=2,
+                                                                warmup_epochs=3)) == 1
+    assert model_lib.warmup_epochs_unjudged(
+        dataclasses.replace(cfg, fine_tune_schedule="constant")) == 0
+    # A learning rate of 0: the validation loss never improves on the first judged epoch, so
+    # the run stops `patience` epochs after it and restores it.
+    x = np.random.RandomState(0).rand(16, 4).astype("float32")
+    y = np.arange(16) % 2
+    runs = {}
+    for monitor_from in (0, 2):
+        model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2, "softmax")])
+        model.compile(tf_keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy",
+                      metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        runs[monitor_from] = trainer._fit(model, (x, y), (x, y), 10, 1, [], "phase 2",
+                                          batch_size=8, monitor_from=monitor_from)
+    assert len(runs[0]["val_loss"]) == 2 and trainer.best(runs[0])["epoch"] == 1
+    assert len(runs[2]["val_loss"]) == 4 and trainer.best(runs[2])["epoch"] == 3
+
+
+def test_phase2_is_kept_on_accuracy_by_default_and_on_loss_with_the_seed_rule():
+    from components import trainer
+    # mri-dev's pipeline benchmark: phase 2 more accurate at a slightly higher smoothed loss.
+    phase1 = {"val_loss": 0.577, "val_accuracy": 0.873}
+    phase2 = {"val_loss": 0.586, "val_accuracy": 0.889}
+    assert TrainingConfig().keep_phase2 == "accuracy"
+    assert RECIPES["seed"]["keep_phase2"] == "val_loss"
+    assert trainer.phase2_kept("accuracy", phase1, phase2)
+    assert not trainer.phase2_kept("val_loss", phase1, phase2)
+    assert trainer.phase2_kept("accuracy", phase1, dict(phase2, val_accuracy=0.873))  # tie
+    assert not trainer.phase2_kept("accuracy", phase1, dict(phase2, val_accuracy=0.857))
+    assert trainer.phase2_kept("val_loss", phase1, dict(phase2, val_loss=0.5))
+    assert trainer.phase2_kept("accuracy", {}, phase2) and not trainer.phase2_kept(
+        "accuracy", phase1, {})
+
+
 def test_label_smoothing_loss():
     probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = tf.constant([0, 2])
