@@ -365,11 +365,12 @@ def _sign_test(wins: int, losses: int) -> float:
     return binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
 
 
-def replay_early_stopping(val_loss, patience: int = 3) -> tuple[int, int]:
-    """What the Trainer's early stopping (val_loss, `patience`, best weights restored) would
-    have done on a run that trained every epoch: (restored epoch, epochs run), 1-based."""
-    best, wait = 0, 0
-    for i in range(1, len(val_loss)):
+def replay_early_stopping(val_loss, patience: int = 3, monitor_from: int = 0) -> tuple[int, int]:
+    """What the Trainer's early stopping (val_loss, `patience`, best weights restored, epochs
+    before index `monitor_from` not judged) would have done on a run that trained every
+    epoch: (restored epoch, epochs run), 1-based."""
+    best, wait = monitor_from, 0
+    for i in range(monitor_from + 1, len(val_loss)):
         if val_loss[i] < val_loss[best]:
             best, wait = i, 0
         else:
@@ -381,7 +382,8 @@ def replay_early_stopping(val_loss, patience: int = 3) -> tuple[int, int]:
 
 def early_stopping_report(rows, ds) -> list:
     """For the recipes that ran every epoch: pooled accuracy at the last epoch against the
-    epoch early stopping would have restored (replayed from the recorded curves). The eval
+    epoch early stopping would have restored (replayed from the recorded curves), judging
+    every epoch and, as the Trainer does, every epoch after the 1-epoch warm-up. The eval
     fold both picks that epoch and scores it, so the replay is optimistic."""
     lines = []
     for rec in [r for r in PHASE2 if r in EPOCHS]:
@@ -392,14 +394,16 @@ def early_stopping_report(rows, ds) -> list:
                 continue
             n = sum(r["n_eval"] for r in runs)
             final = sum(round(r["val_accuracy_curve"][-1] * r["n_eval"]) for r in runs)
-            replays = [replay_early_stopping(r["val_loss_curve"]) for r in runs]
-            stopped = sum(round(r["val_accuracy_curve"][b - 1] * r["n_eval"])
-                          for r, (b, _) in zip(runs, replays))
-            lines.append("  %-12s seed %d: last epoch %.2f %%, early stopping %.2f %% (restored "
-                         "epochs %s of %s run)" % (
-                             rec, seed, 100 * final / n, 100 * stopped / n,
-                             ",".join(str(b) for b, _ in replays),
-                             ",".join(str(e) for _, e in replays)))
+            for rule, monitor_from in (("every epoch judged", 0), ("after warm-up", 1)):
+                replays = [replay_early_stopping(r["val_loss_curve"], 3, monitor_from)
+                           for r in runs]
+                stopped = sum(round(r["val_accuracy_curve"][b - 1] * r["n_eval"])
+                              for r, (b, _) in zip(runs, replays))
+                lines.append("  %-12s seed %d: last epoch %.2f %%, early stopping (%s) %.2f %% "
+                             "(restored epochs %s of %s run)" % (
+                                 rec, seed, 100 * final / n, rule, 100 * stopped / n,
+                                 ",".join(str(b) for b, _ in replays),
+                                 ",".join(str(e) for _, e in replays)))
     if lines:
         lines.insert(0, "")
         lines.insert(1, "== %s: early stopping (val_loss, patience 3) replayed on the curves; "
