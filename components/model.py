@@ -262,7 +262,7 @@ def warmup_epochs_unjudged(cfg: TrainingConfig) -> int:
     fine-tuning at the peak rate; judged, a warm-up epoch that happens to score best uses up
     the patience before the peak-rate epochs have done their work (measured: a mri-dev
     cross-validation fold restored epoch 1 and stopped after 4 of 10; in the early-stopping
-    replay of bench/finetune_recipes.py 5 of 40 fold runs restored the warm-up epoch)."""
+    replay of bench/finetune_recipes.py 5 of 65 fold runs restored the warm-up epoch)."""
     if cfg.fine_tune_schedule != "cosine" or cfg.fine_tune_epochs <= 1:
         return 0
     return min(math.ceil(cfg.warmup_epochs), cfg.fine_tune_epochs - 1)

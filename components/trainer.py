@@ -200,9 +200,10 @@ def phase2_kept(rule: str, phase1: dict, phase2: dict) -> bool:
     'accuracy': unless phase 2's validation accuracy is lower (a tie keeps phase 2). With label
     smoothing a fine-tuned model's validation loss can be higher at a higher accuracy (it is
     more confident, and pays more for its few mistakes): mri-dev's pipeline benchmark lost a
-    more accurate phase 2 to a 0.009 higher loss, and in 5-fold cross-validation the fine-tuned
-    model beat the head in 16 of 20 folds (bench/finetune_recipes.py). 'val_loss': only when
-    phase 2's validation loss is lower (the seed's rule). Without phase 1 metrics, phase 2."""
+    more accurate phase 2 to a 0.009 higher loss, and in 5-fold cross-validation the
+    fine-tuned model beat the head in 15 of 20 folds and lost 3 (bench/finetune_recipes.py).
+    'val_loss': unless phase 2's validation loss is higher (the seed's rule). Without phase 1
+    metrics, phase 2."""
     if not phase1 or not phase2:
         return bool(phase2)
     if rule == "val_loss":
