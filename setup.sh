@@ -23,7 +23,15 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tfx, pipeline.cli'
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   # A download cut off mid-file (seen in CI: TensorFlow's 590 MB wheel stopped at 275 MB six
   # times in a row, resuming from the same byte) fails pip; a new attempt starts the file afresh.
-  retry() { local n; for n in 1 2 3; do "$@" && return 0; echo "setup: attempt $n failed: $*" >&2; sleep $((n * 10)); done; return 1; }
+  retry() {
+    local n
+    for n in 1 2 3; do
+      "$@" && return 0
+      echo "setup: attempt $n of 3 failed: $*" >&2
+      [ "$n" -lt 3 ] && sleep $((n * 10))
+    done
+    return 1
+  }
   retry .venv/bin/python -m pip install --quiet --upgrade pip
   start=$(date +%s)
   retry .venv/bin/python -m pip install --quiet --resume-retries 10 -c constraints.txt -e '.[lite12,tflite-metadata]'

@@ -6,8 +6,8 @@ computes once per image (components/feature_cache.py; `feature_cache=False` trai
 images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers of the base
 (BatchNorm frozen) with its own optimizer and schedule (model.py), each batch's gradient summed
 over micro-batches (`micro_batch_size`, less memory, the same update); its weights are kept
-unless its validation accuracy is below phase 1's (`keep_phase2`; the seed's rule: only if
-its validation loss is lower). `class_weight='balanced'` weighs both phases' training
+unless its validation accuracy is below phase 1's (`keep_phase2`; the seed's rule: unless
+its validation loss is higher). `class_weight='balanced'` weighs both phases' training
 loss by inverse class frequency (components/class_weights.py; counts from the cached training
 labels, or one pass over the training records' labels without the cache). Exports a SavedModel
 (without optimizer state) whose signatures embed the same Transform graph. Writes

@@ -101,7 +101,7 @@ class TrainingConfig:
     keep_phase2: str = config_field(
         "accuracy", "when phase 2's weights are kept over phase 1's: 'accuracy' unless its "
         "validation accuracy (at the epoch early stopping restored) is below phase 1's; "
-        "'val_loss' only when its validation loss is lower (the seed's rule)",
+        "'val_loss' unless its validation loss is higher (the seed's rule)",
         choices=("accuracy", "val_loss"))
     augment: bool = config_field(True, "augmentation (flip, crop, brightness) of training images",
                                  negative="--no-augment")
