@@ -31,6 +31,13 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
        160x160, half the pixels of 224 (evaluated at 224: the serving size);
        `full_10_prog`: its first 7 epochs at 160, the last 3 at 224 (the schedule goes on);
      - `full_15`: `full` for 15 epochs (the reference recipe's length).
+6. `trainer_10` (cross-validation only): the Trainer's own decisions, nested. Each fold's
+   training images are split 80/20 again (stratified, the fold seed) into training and
+   validation images; the head trains on the first (+ flips) with label smoothing 0.1 and
+   early stopping on the validation images, then `full_10` with early stopping on them too
+   (patience 3, the warm-up epoch not judged, best weights restored). The test fold is used
+   only to score: the head, phase 2, and the phase a rule keeps (`accuracy`: phase 2 unless
+   its validation accuracy is lower; `val_loss`: phase 2 unless its validation loss is higher).
    Each records the final eval accuracy, flip-TTA accuracy (mean of the probabilities of the
    image and its horizontal flip), the per-epoch val accuracy curve, seconds, s/epoch.
 Results (plus machine and command) are rewritten to bench/results/finetune_recipes.json
@@ -67,13 +74,14 @@ SEEDS = (1, 2, 3)
 BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
 PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10", "half_10", "full_10_160",
           "full_10_prog", "full_15")
+NESTED = ("trainer_10",)
 # Variants of `full`: a lower peak learning rate, or 10 epochs instead of --full-epochs.
 PEAK_LR = {"full_3e-5": 3e-5}
 EPOCHS = {"full_10": 10, "half_10": 10, "full_10_160": 10, "full_10_prog": 10, "full_15": 15}
 # Training at a lower resolution (the eval images stay at SIZE): (pixels, epochs at it;
 # None = every epoch).
 LOW_RES = {"full_10_160": (160, None), "full_10_prog": (160, 7)}
-RECIPES = BASELINES + PHASE2
+RECIPES = BASELINES + PHASE2 + NESTED
 BACKBONE = "efficientnet_lite0"
 SIZE = 224
 BATCH = 32
@@ -173,17 +181,19 @@ def train_logreg(xtr, ytr, xev, xev_flip, yev):
             "iterations": int(np.max(clf.n_iter_)), "seconds": round(time.time() - t0, 2)}
 
 
-def train_head(xtr, ytr, xev, xev_flip, yev, n_classes, seed, max_epochs):
+def train_head(xtr, ytr, xev, xev_flip, yev, n_classes, seed, max_epochs, smoothing=0.0):
     import numpy as np
     import tf_keras
 
     from components import model as model_lib
+    from components.training_config import TrainingConfig
 
     tf_keras.backend.clear_session()
     tf_keras.utils.set_random_seed(seed)
     inputs = tf_keras.Input((xtr.shape[1],), name="features")
     head = tf_keras.Model(inputs, add_head(inputs, n_classes), name="head")
-    model_lib.compile_for(head, 1e-3)
+    model_lib.compile_for(head, 1e-3, TrainingConfig(
+        label_names=tuple(str(i) for i in range(n_classes)), label_smoothing=smoothing))
     t0 = time.time()
     hist = head.fit(xtr, ytr, batch_size=BATCH, epochs=max_epochs, validation_data=(xev, yev),
                     callbacks=[model_lib.early_stopping(3)], verbose=0, shuffle=True)
@@ -197,14 +207,17 @@ def train_head(xtr, ytr, xev, xev_flip, yev, n_classes, seed, max_epochs):
         "pred": p.argmax(1).tolist(),
         "tta_accuracy": float(np.mean((p + pf).argmax(1) == yev)),
         "val_loss": float(h["val_loss"][best]), "best_epoch": best + 1,
+        "val_accuracy": float(h["val_accuracy"][best]),
         "epochs_run": len(h["val_loss"]),
         "val_accuracy_curve": [round(float(v), 4) for v in h["val_accuracy"]],
         "seconds": round(seconds, 2)}
 
 
 def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epochs,
-           phase1_val_loss, phase1_accuracy):
-    """One phase-2 recipe from the phase-1 head on a fresh ImageNet base."""
+           phase1_val_loss, phase1_accuracy, validation=None):
+    """One phase-2 recipe from the phase-1 head on a fresh ImageNet base. validation:
+    (images, labels) to validate and stop early on (patience 3, the warm-up epoch not
+    judged, as the Trainer) instead of validating on the scored split."""
     import numpy as np
     import tensorflow as tf
     import tf_keras
@@ -271,6 +284,9 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     # dataset.finish: prefetch with tf.data's autotuner off, as in the Trainer.
     eval_ds = dataset.finish(tf.data.Dataset.from_tensor_slices((x_ev, labels(y_ev)))
                              .batch(BATCH).map(prep).cache())
+    val_ds = eval_ds if validation is None else dataset.finish(
+        tf.data.Dataset.from_tensor_slices((validation[0], labels(validation[1])))
+        .batch(BATCH).map(prep).cache())
     eval_flip = dataset.finish(tf.data.Dataset.from_tensor_slices(x_ev).batch(BATCH)
                                .map(lambda x: tf.image.flip_left_right(
                                    preprocessed(backbone, x))))
@@ -279,7 +295,8 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     start_acc = float(model.evaluate(eval_ds, verbose=0, return_dict=True)["accuracy"])
     start_seconds = time.time() - t0
     clock = model_lib.EpochClock()
-    callbacks = [clock] + ([model_lib.early_stopping(3)] if recipe == "seed" else [])
+    callbacks = [clock] + ([model_lib.early_stopping(3)] if recipe == "seed" else []) + \
+        ([model_lib.early_stopping(3, monitor_from=1)] if validation is not None else [])
     t0 = time.time()
     # (epochs, training size) stages; the optimizer (and its schedule's step) carries over.
     stages = [(epochs, SIZE)] if low_size == SIZE else \
@@ -287,7 +304,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         [(low_epochs, low_size), (epochs, SIZE)]
     h, done = {}, 0
     for until, size in stages:
-        part = fitted.fit(train_data(size), validation_data=eval_ds, epochs=until,
+        part = fitted.fit(train_data(size), validation_data=val_ds, epochs=until,
                           initial_epoch=done, callbacks=callbacks, verbose=2).history
         for k, v in part.items():
             h.setdefault(k, []).extend(v)
@@ -323,6 +340,11 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         "steps_per_epoch": steps,
         "train_size": low_size, "epochs_at_train_size": low_epochs or epochs,
     }
+    if validation is not None:
+        best = 1 + int(np.argmin(h["val_loss"][1:])) if len(h["val_loss"]) > 1 else 0
+        out.update({"best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
+                    "best_val_accuracy": float(h["val_accuracy"][best]),
+                    "validation_images": int(len(validation[1]))})
     if recipe == "seed":
         best = int(np.argmin(h["val_loss"]))
         kept = h["val_loss"][best] < phase1_val_loss
@@ -330,6 +352,60 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
                     "phase1_val_loss": phase1_val_loss, "kept_by_trainer_rule": bool(kept),
                     "accuracy_trainer_rule": acc if kept else phase1_accuracy})
     return out
+
+
+def nested(backbone, images, labels, feats, feats_flip, idx_tr, idx_ev, n_classes, seed,
+           head_epochs) -> dict:
+    """`trainer_10`: the Trainer's phase 1, phase 2 and keep rule inside one fold, validated
+    on a split of the fold's training images; the test fold only scores (module docstring)."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    in_tr, in_val = train_test_split(idx_tr, test_size=0.2, random_state=seed,
+                                     stratify=labels[idx_tr])
+    y_tr, y_val, y_ev = labels[in_tr], labels[in_val], labels[idx_ev]
+    head, phase1 = train_head(np.concatenate([feats[in_tr], feats_flip[in_tr]]),
+                              np.concatenate([y_tr, y_tr]), feats[in_val], feats_flip[in_val],
+                              y_val, n_classes, seed, head_epochs, smoothing=0.1)
+    p1 = head.predict(feats[idx_ev], batch_size=256, verbose=0).argmax(1)
+    res = phase2("full_10", backbone, head_weights(head), images[in_tr], y_tr, images[idx_ev],
+                 y_ev, n_classes, seed, EPOCHS["full_10"], phase1["val_loss"],
+                 float(np.mean(p1 == y_ev)), validation=(images[in_val], y_val))
+    p2 = np.array(res["pred"])
+    keep_acc = res["best_val_accuracy"] >= phase1["val_accuracy"]
+    keep_loss = res["best_val_loss"] <= phase1["val_loss"]
+    chosen, by_loss = (p2 if keep_acc else p1), (p2 if keep_loss else p1)
+    res.update({"pred": chosen.tolist(), "pred_phase1": p1.tolist(),
+                "pred_phase2": p2.tolist(), "pred_val_loss_rule": by_loss.tolist(),
+                "accuracy": float(np.mean(chosen == y_ev)),
+                "accuracy_phase1": float(np.mean(p1 == y_ev)),
+                "accuracy_phase2": float(np.mean(p2 == y_ev)),
+                "accuracy_val_loss_rule": float(np.mean(by_loss == y_ev)),
+                "phase1_val_loss": phase1["val_loss"],
+                "phase1_val_accuracy": phase1["val_accuracy"],
+                "phase1_epochs_run": phase1["epochs_run"],
+                "kept_accuracy_rule": bool(keep_acc), "kept_val_loss_rule": bool(keep_loss),
+                "train_images": int(len(in_tr))})
+    return res
+
+
+def nested_report(rows, ds, seed) -> list:
+    """Pooled test accuracy of trainer_10's phases and keep rules for one fold seed."""
+    runs = [r for r in rows if (r["dataset"], r["seed"], r["recipe"]) == (ds, seed, "trainer_10")]
+    if not runs:
+        return []
+    n = sum(r["n_eval"] for r in runs)
+
+    def pooled(key):
+        return 100 * sum(round(r[key] * r["n_eval"]) for r in runs) / n
+
+    return ["  trainer_10 (nested, %d folds): phase 1 %.2f %%, phase 2 %.2f %%, kept by accuracy "
+            "%.2f %% (phase 2 in %d), by validation loss %.2f %% (phase 2 in %d); phase 2 ran "
+            "%s epochs" % (len(runs), pooled("accuracy_phase1"), pooled("accuracy_phase2"),
+                           pooled("accuracy"), sum(r["kept_accuracy_rule"] for r in runs),
+                           pooled("accuracy_val_loss_rule"),
+                           sum(r["kept_val_loss_rule"] for r in runs),
+                           ",".join(str(r["epochs_run"]) for r in runs))]
 
 
 # ----------------------------------------------------------------------------- output
@@ -441,6 +517,7 @@ def cv_report(rows) -> list:
                     lines.append("  %-12s accuracy %.2f %% (%d/%d images evaluated)"
                                  % (rec, 100 * sum(h.values()) / len(h), sum(h.values()),
                                     len(h)))
+            lines += nested_report(rows, ds, seed)
             for a, b in (("full", "seed"), ("full", "head_flip"), ("full", "logreg"),
                          ("seed", "head_flip"), ("full_10", "full"), ("full_10", "seed"),
                          ("half_10", "full_10"), ("half_10", "seed"),
@@ -671,7 +748,10 @@ def main(argv=None) -> int:
                     if "seconds_per_epoch" in res else ""), flush=True)
 
             for recipe in todo:
-                if recipe == "logreg":
+                if recipe in NESTED:  # its own head, on its own validation split
+                    record(recipe, nested(backbone, images, labels, feats, feats_flip, idx_tr,
+                                          idx_ev, n, seed, args.head_epochs))
+                elif recipe == "logreg":
                     record(recipe, train_logreg(ftr, ytr, fev, fevf, yev))
                 elif recipe == "logreg_flip":
                     record(recipe, train_logreg(np.concatenate([ftr, ftrf]),
