@@ -37,7 +37,8 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
    early stopping on the validation images, then `full_10` with early stopping on them too
    (patience 3, the warm-up epoch not judged, best weights restored). The test fold is used
    only to score: the head, phase 2, and the phase a rule keeps (`accuracy`: phase 2 unless
-   its validation accuracy is lower; `val_loss`: phase 2 unless its validation loss is higher).
+   its validation accuracy is lower; `val_loss`: phase 2 unless its validation loss is higher;
+   `either`: phase 2 unless both say so; the Trainer's `--keep-phase2`).
    Each records the final eval accuracy, flip-TTA accuracy (mean of the probabilities of the
    image and its horizontal flip), the per-epoch val accuracy curve, seconds, s/epoch.
 Results (plus machine and command) are rewritten to bench/results/finetune_recipes.json
@@ -395,17 +396,20 @@ def nested_report(rows, ds, seed) -> list:
     if not runs:
         return []
     n = sum(r["n_eval"] for r in runs)
+    rules = {"phase 1": lambda r: False, "phase 2": lambda r: True,
+             "accuracy": lambda r: r["kept_accuracy_rule"],
+             "val_loss": lambda r: r["kept_val_loss_rule"],
+             "either": lambda r: r["kept_accuracy_rule"] or r["kept_val_loss_rule"]}
 
-    def pooled(key):
-        return 100 * sum(round(r[key] * r["n_eval"]) for r in runs) / n
+    def pooled(keep):
+        return 100 * sum(sum(int(p == y) for p, y in zip(
+            r["pred_phase2"] if keep(r) else r["pred_phase1"], r["labels"])) for r in runs) / n
 
-    return ["  trainer_10 (nested, %d folds): phase 1 %.2f %%, phase 2 %.2f %%, kept by accuracy "
-            "%.2f %% (phase 2 in %d), by validation loss %.2f %% (phase 2 in %d); phase 2 ran "
-            "%s epochs" % (len(runs), pooled("accuracy_phase1"), pooled("accuracy_phase2"),
-                           pooled("accuracy"), sum(r["kept_accuracy_rule"] for r in runs),
-                           pooled("accuracy_val_loss_rule"),
-                           sum(r["kept_val_loss_rule"] for r in runs),
-                           ",".join(str(r["epochs_run"]) for r in runs))]
+    return ["  trainer_10 (nested, %d folds): %s; phase 2 kept in %s folds; it ran %s epochs" % (
+        len(runs), ", ".join("%s %.2f %%" % (k, pooled(f)) for k, f in rules.items()),
+        "/".join("%d by %s" % (sum(bool(rules[k](r)) for r in runs), k)
+                 for k in ("accuracy", "val_loss", "either")),
+        ",".join(str(r["epochs_run"]) for r in runs))]
 
 
 # ----------------------------------------------------------------------------- output

@@ -99,10 +99,11 @@ class TrainingConfig:
         3, "epochs without a better validation loss before a phase stops (phase 2's warm-up "
         "epochs are not judged)")
     keep_phase2: str = config_field(
-        "accuracy", "when phase 2's weights are kept over phase 1's: 'accuracy' unless its "
-        "validation accuracy (at the epoch early stopping restored) is below phase 1's; "
+        "either", "when phase 2's weights are kept over phase 1's, judged at the epoch early "
+        "stopping restored: 'either' unless its validation loss is higher and its validation "
+        "accuracy lower than phase 1's; 'accuracy' unless its validation accuracy is lower; "
         "'val_loss' unless its validation loss is higher (the seed's rule)",
-        choices=("accuracy", "val_loss"))
+        choices=("either", "accuracy", "val_loss"))
     augment: bool = config_field(True, "augmentation (flip, crop, brightness) of training images",
                                  negative="--no-augment")
     recipe: str = config_field(

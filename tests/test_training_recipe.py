@@ -132,20 +132,26 @@ def test_phase2_early_stopping_does_not_judge_the_warm_up():
     assert len(runs[2]["val_loss"]) == 4 and trainer.best(runs[2])["epoch"] == 3
 
 
-def test_phase2_is_kept_on_accuracy_by_default_and_on_loss_with_the_seed_rule():
+def test_phase2_is_dropped_only_when_worse_on_both_and_on_loss_with_the_seed_rule():
     from components import trainer
     # mri-dev's pipeline benchmark: phase 2 more accurate at a slightly higher smoothed loss.
     phase1 = {"val_loss": 0.577, "val_accuracy": 0.873}
     phase2 = {"val_loss": 0.586, "val_accuracy": 0.889}
-    assert TrainingConfig().keep_phase2 == "accuracy"
+    assert TrainingConfig().keep_phase2 == "either"
     assert RECIPES["seed"]["keep_phase2"] == "val_loss"
+    assert trainer.phase2_kept("either", phase1, phase2)
     assert trainer.phase2_kept("accuracy", phase1, phase2)
     assert not trainer.phase2_kept("val_loss", phase1, phase2)
+    lower_loss_less_accurate = {"val_loss": 0.5, "val_accuracy": 0.857}
+    assert trainer.phase2_kept("either", phase1, lower_loss_less_accurate)
+    assert trainer.phase2_kept("val_loss", phase1, lower_loss_less_accurate)
+    assert not trainer.phase2_kept("accuracy", phase1, lower_loss_less_accurate)
+    worse_on_both = {"val_loss": 0.6, "val_accuracy": 0.857}
+    assert not any(trainer.phase2_kept(rule, phase1, worse_on_both)
+                   for rule in ("either", "accuracy", "val_loss"))
     assert trainer.phase2_kept("accuracy", phase1, dict(phase2, val_accuracy=0.873))  # tie
-    assert not trainer.phase2_kept("accuracy", phase1, dict(phase2, val_accuracy=0.857))
-    assert trainer.phase2_kept("val_loss", phase1, dict(phase2, val_loss=0.5))
-    assert trainer.phase2_kept("accuracy", {}, phase2) and not trainer.phase2_kept(
-        "accuracy", phase1, {})
+    assert trainer.phase2_kept("either", {}, phase2) and not trainer.phase2_kept(
+        "either", phase1, {})
 
 
 def test_label_smoothing_loss():
