@@ -223,7 +223,8 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     import tensorflow as tf
     import tf_keras
 
-    from components import dataset, model as model_lib
+    from components import dataset, model as model_lib, trainer
+    from components.training_config import TrainingConfig
 
     tf_keras.backend.clear_session()
     tf_keras.utils.set_random_seed(seed)
@@ -296,8 +297,10 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     start_acc = float(model.evaluate(eval_ds, verbose=0, return_dict=True)["accuracy"])
     start_seconds = time.time() - t0
     clock = model_lib.EpochClock()
+    # The Trainer's unjudged warm-up for this schedule (1 epoch of warm-up).
+    unjudged = model_lib.warmup_epochs_unjudged(TrainingConfig(fine_tune_epochs=epochs))
     callbacks = [clock] + ([model_lib.early_stopping(3)] if recipe == "seed" else []) + \
-        ([model_lib.early_stopping(3, monitor_from=1)] if validation is not None else [])
+        ([model_lib.early_stopping(3, unjudged)] if validation is not None else [])
     t0 = time.time()
     # (epochs, training size) stages; the optimizer (and its schedule's step) carries over.
     stages = [(epochs, SIZE)] if low_size == SIZE else \
@@ -341,10 +344,11 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         "steps_per_epoch": steps,
         "train_size": low_size, "epochs_at_train_size": low_epochs or epochs,
     }
-    if validation is not None:
-        best = 1 + int(np.argmin(h["val_loss"][1:])) if len(h["val_loss"]) > 1 else 0
-        out.update({"best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
-                    "best_val_accuracy": float(h["val_accuracy"][best]),
+    if validation is not None:  # the epoch early stopping restored, as the Trainer reads it
+        best = trainer.best({"val_loss": h["val_loss"], "val_accuracy": h["val_accuracy"],
+                             "seconds": fit_seconds, "monitored_from_epoch": unjudged + 1})
+        out.update({"best_epoch": best["epoch"], "best_val_loss": float(best["val_loss"]),
+                    "best_val_accuracy": float(best["val_accuracy"]),
                     "validation_images": int(len(validation[1]))})
     if recipe == "seed":
         best = int(np.argmin(h["val_loss"]))
@@ -362,6 +366,8 @@ def nested(backbone, images, labels, feats, feats_flip, idx_tr, idx_ev, n_classe
     import numpy as np
     from sklearn.model_selection import train_test_split
 
+    from components import trainer
+
     in_tr, in_val = train_test_split(idx_tr, test_size=0.2, random_state=seed,
                                      stratify=labels[idx_tr])
     y_tr, y_val, y_ev = labels[in_tr], labels[in_val], labels[idx_ev]
@@ -373,8 +379,9 @@ def nested(backbone, images, labels, feats, feats_flip, idx_tr, idx_ev, n_classe
                  y_ev, n_classes, seed, EPOCHS["full_10"], phase1["val_loss"],
                  float(np.mean(p1 == y_ev)), validation=(images[in_val], y_val))
     p2 = np.array(res["pred"])
-    keep_acc = res["best_val_accuracy"] >= phase1["val_accuracy"]
-    keep_loss = res["best_val_loss"] <= phase1["val_loss"]
+    # The Trainer's own keep rules on each phase's validation metrics.
+    keep_acc = trainer.phase2_kept("accuracy", phase1, _phase2_metrics(res))
+    keep_loss = trainer.phase2_kept("val_loss", phase1, _phase2_metrics(res))
     chosen, by_loss = (p2 if keep_acc else p1), (p2 if keep_loss else p1)
     res.update({"pred": chosen.tolist(), "pred_phase1": p1.tolist(),
                 "pred_phase2": p2.tolist(), "pred_val_loss_rule": by_loss.tolist(),
@@ -390,16 +397,28 @@ def nested(backbone, images, labels, feats, feats_flip, idx_tr, idx_ev, n_classe
     return res
 
 
+def _phase2_metrics(res: dict) -> dict:
+    """A phase-2 result's validation metrics at its restored epoch, as trainer.best() names
+    them (what trainer.phase2_kept compares)."""
+    return {"val_loss": res["best_val_loss"], "val_accuracy": res["best_val_accuracy"]}
+
+
 def nested_report(rows, ds, seed) -> list:
     """Pooled test accuracy of trainer_10's phases and keep rules for one fold seed."""
+    from components import trainer
+
     runs = [r for r in rows if (r["dataset"], r["seed"], r["recipe"]) == (ds, seed, "trainer_10")]
     if not runs:
         return []
     n = sum(r["n_eval"] for r in runs)
+
+    def rule(name):  # trainer.phase2_kept on the recorded validation metrics
+        return lambda r: trainer.phase2_kept(
+            name, {"val_loss": r["phase1_val_loss"], "val_accuracy": r["phase1_val_accuracy"]},
+            _phase2_metrics(r))
+
     rules = {"phase 1": lambda r: False, "phase 2": lambda r: True,
-             "accuracy": lambda r: r["kept_accuracy_rule"],
-             "val_loss": lambda r: r["kept_val_loss_rule"],
-             "either": lambda r: r["kept_accuracy_rule"] or r["kept_val_loss_rule"]}
+             **{name: rule(name) for name in ("accuracy", "val_loss", "either")}}
 
     def pooled(keep):
         return 100 * sum(sum(int(p == y) for p, y in zip(
