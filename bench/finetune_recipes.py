@@ -30,7 +30,15 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
      - `full_10_160`: `full_10` with the training images (after augmentation) resized to
        160x160, half the pixels of 224 (evaluated at 224: the serving size);
        `full_10_prog`: its first 7 epochs at 160, the last 3 at 224 (the schedule goes on);
-     - `full_15`: `full` for 15 epochs (the reference recipe's length).
+     - `full_15`: `full` for 15 epochs (the reference recipe's length);
+     - `seed_act`: `seed` trained as the Trainer does with its activation cache: the frozen
+       bottom (components.model.frozen_split: Lite0 up to block6c_add) runs once per
+       training image and its flip, and each epoch trains the top on one of the two at
+       random (no crop or brightness augmentation); validated on the eval images'
+       activations, scored on the images through the model;
+     - `act_10_b2`, `act_10_b3`: `full_10` with the stem and blocks 1-2 (`--fine-tune-fraction
+       0.82`: the cut at block2b_add, 56x56x24) or 1-3 (0.70: block3b_add, 28x28x40) frozen,
+       trained on their cached activations the same way (flips, no crop or brightness).
 6. `trainer_10` (cross-validation only): the Trainer's own decisions, nested. Each fold's
    training images are split 80/20 again (stratified, the fold seed) into training and
    validation images; the head trains on the first (+ flips) with label smoothing 0.1 and
@@ -74,11 +82,16 @@ DATASETS = (("mri-dev", os.path.join(os.path.dirname(_REPO), "shared", "data", "
 SEEDS = (1, 2, 3)
 BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
 PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10", "half_10", "full_10_160",
-          "full_10_prog", "full_15")
+          "full_10_prog", "full_15", "seed_act", "act_10_b2", "act_10_b3")
+SEED_LIKE = ("seed", "seed_act")
+# Phase 2 on the frozen bottom's cached activations, as the Trainer's activation cache:
+# recipe -> the fraction of the base's layers fine-tuned (None: the seed's 20 layers).
+ON_ACTIVATIONS = {"seed_act": None, "act_10_b2": 0.82, "act_10_b3": 0.70}
 NESTED = ("trainer_10",)
 # Variants of `full`: a lower peak learning rate, or 10 epochs instead of --full-epochs.
 PEAK_LR = {"full_3e-5": 3e-5}
-EPOCHS = {"full_10": 10, "half_10": 10, "full_10_160": 10, "full_10_prog": 10, "full_15": 15}
+EPOCHS = {"full_10": 10, "half_10": 10, "full_10_160": 10, "full_10_prog": 10, "full_15": 15,
+          "act_10_b2": 10, "act_10_b3": 10}
 # Training at a lower resolution (the eval images stay at SIZE): (pixels, epochs at it;
 # None = every epoch).
 LOW_RES = {"full_10_160": (160, None), "full_10_prog": (160, 7)}
@@ -223,7 +236,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     import tensorflow as tf
     import tf_keras
 
-    from components import dataset, model as model_lib, trainer
+    from components import dataset, feature_cache, model as model_lib, trainer
     from components.training_config import TrainingConfig
 
     tf_keras.backend.clear_session()
@@ -236,12 +249,14 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     model = tf_keras.Model(inputs, add_head(x, n_classes), name="graft_classifier")
     copy_head(head, model)  # head: head_weights() of the phase-1 head
 
-    n_layers = 20 if recipe == "seed" else \
-        len(base.layers) // 2 if recipe.startswith("half") else len(base.layers)
+    n_layers = 20 if recipe in SEED_LIKE else \
+        len(base.layers) // 2 if recipe.startswith("half") else \
+        TrainingConfig(fine_tune_fraction=ON_ACTIVATIONS[recipe]).fine_tune_count(
+            len(base.layers)) if recipe in ON_ACTIVATIONS else len(base.layers)
     with_weights = model_lib.unfreeze_top(base, n_layers)  # BatchNorm stays frozen
     steps = int(np.ceil(len(x_tr) / BATCH))
-    smooth = recipe != "seed"
-    if recipe == "seed":
+    smooth = recipe not in SEED_LIKE
+    if recipe in SEED_LIKE:
         model_lib.compile_for(model, 1e-5)
     else:
         warmup = steps  # one epoch of linear warm-up, then cosine to 0 at the last step
@@ -271,6 +286,24 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         fitted.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     else:
         fitted = model
+    act_seconds = 0.0
+    if recipe in ON_ACTIVATIONS:  # the Trainer's activation cache (feature_cache.extract)
+        t0 = time.time()
+        split = model_lib.frozen_split(model_lib.Classifier(model, base, None), n_layers)
+        fitted = model_lib.on_activations(model_lib.Classifier(model, base, None), split)
+        fitted.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        bottom = feature_cache.forward_fn(split.bottom)
+
+        def activations(x, flip):
+            out = []
+            for s in range(0, len(x), BATCH):
+                images = preprocessed(backbone, x[s:s + BATCH])
+                out.append(bottom(tf.image.flip_left_right(images) if flip else images).numpy())
+            return np.concatenate(out)
+
+        acts_tr = np.stack([activations(x_tr, False), activations(x_tr, True)], axis=1)
+        acts_ev = activations(x_ev, False)[:, None]
+        act_seconds = time.time() - t0
 
     def train_data(size):
         ds = (tf.data.Dataset.from_tensor_slices((x_tr, labels(y_tr)))
@@ -299,7 +332,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     clock = model_lib.EpochClock()
     # The Trainer's unjudged warm-up for this schedule (1 epoch of warm-up).
     unjudged = model_lib.warmup_epochs_unjudged(TrainingConfig(fine_tune_epochs=epochs))
-    callbacks = [clock] + ([model_lib.early_stopping(3)] if recipe == "seed" else []) + \
+    callbacks = [clock] + ([model_lib.early_stopping(3)] if recipe in SEED_LIKE else []) + \
         ([model_lib.early_stopping(3, unjudged)] if validation is not None else [])
     t0 = time.time()
     # (epochs, training size) stages; the optimizer (and its schedule's step) carries over.
@@ -308,8 +341,12 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         [(low_epochs, low_size), (epochs, SIZE)]
     h, done = {}, 0
     for until, size in stages:
-        part = fitted.fit(train_data(size), validation_data=val_ds, epochs=until,
-                          initial_epoch=done, callbacks=callbacks, verbose=2).history
+        data = dict(x=acts_tr, y=labels(y_tr).numpy(), batch_size=BATCH, shuffle=True,
+                    validation_data=(acts_ev, labels(y_ev).numpy())) \
+            if recipe in ON_ACTIVATIONS else \
+            dict(x=train_data(size), validation_data=val_ds)
+        part = fitted.fit(epochs=until, initial_epoch=done, callbacks=callbacks, verbose=2,
+                          **data).history
         for k, v in part.items():
             h.setdefault(k, []).extend(v)
         # EpochClock restarts with every fit(): shift its clock by the earlier stages.
@@ -337,7 +374,9 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         "seconds_per_epoch": round(fit_seconds / max(1, epochs_run), 2),
         "predict_tta_seconds": round(predict_seconds, 2),
         "start_eval_seconds": round(start_seconds, 2),
-        "seconds": round(fit_seconds + predict_seconds, 2),
+        "seconds": round(fit_seconds + predict_seconds + act_seconds, 2),
+        "activation_seconds": round(act_seconds, 2),
+        "activations_of": split.layer if recipe in ON_ACTIVATIONS else None,
         "unfrozen_layers": n_layers, "base_layers": len(base.layers),
         "trainable_layers_with_weights": with_weights,
         "trainable_base_params": trainable_base,
@@ -350,7 +389,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         out.update({"best_epoch": best["epoch"], "best_val_loss": float(best["val_loss"]),
                     "best_val_accuracy": float(best["val_accuracy"]),
                     "validation_images": int(len(validation[1]))})
-    if recipe == "seed":
+    if recipe in SEED_LIKE:
         best = int(np.argmin(h["val_loss"]))
         kept = h["val_loss"][best] < phase1_val_loss
         out.update({"best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
@@ -546,7 +585,9 @@ def cv_report(rows) -> list:
                          ("half_10", "full_10"), ("half_10", "seed"),
                          ("full_10_160", "full_10"), ("full_10_prog", "full_10"),
                          ("full_10_160", "seed"), ("full_15", "full_10"),
-                         ("full_15", "seed")):
+                         ("full_15", "seed"), ("seed_act", "seed"),
+                         ("act_10_b2", "full_10"), ("act_10_b3", "full_10"),
+                         ("act_10_b2", "seed"), ("act_10_b3", "seed")):
                 ha, hb = correct.get(a), correct.get(b)
                 if not ha or not hb:
                     continue
@@ -791,7 +832,7 @@ def main(argv=None) -> int:
                     if recipe == "head_flip":
                         record(recipe, head_flip_res)
                 if recipe in PHASE2:
-                    epochs = args.seed_epochs if recipe == "seed" else \
+                    epochs = args.seed_epochs if recipe in SEED_LIKE else \
                         EPOCHS.get(recipe, args.full_epochs)
                     res = phase2(recipe, backbone, head_flip, images[idx_tr],
                                  ytr, images[idx_ev], yev, n, seed, epochs,

@@ -60,6 +60,7 @@ def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> d
                 "phase1": round(history["phase1"]["seconds"], 1),
                 "phase2": round(phase2.get("seconds", 0.0), 1),
                 "phase2_epochs": len(phase2.get("loss", [])),
+                "phase2_input": phase2.get("input"),
                 "phase2_epoch_end_seconds": phase2.get("epoch_end_seconds", []),
                 "phase2_seconds_per_epoch": round(phase2["seconds"] / len(phase2["loss"]), 1)
                 if phase2.get("loss") else None},

@@ -134,6 +134,88 @@ def feature_extractor(classifier: Classifier) -> tf_keras.Model:
     return tf_keras.Model(model.input, model.get_layer(POOL_LAYER).output, name="graft_features")
 
 
+class FrozenSplit(NamedTuple):
+    """The base cut where phase 2's frozen bottom ends: `bottom` (image -> the one tensor
+    every layer above needs from below), `rest` (that tensor -> pooled features, through
+    the base's top layers, shared with the model) and the name of the layer that ends the
+    bottom."""
+    bottom: tf_keras.Model
+    rest: tf_keras.Model
+    layer: str
+
+
+def frozen_boundary(base, num_trainable_top: int) -> int:
+    """Where phase 2's frozen bottom can end: a layer index j <= the first unfrozen layer such
+    that the base's layers from j on take exactly one tensor from below, the output of layer
+    j - 1 (no residual connection crosses it). Of those, the one with the smallest output
+    (the memory the cache needs), the highest among equals (the least work left above it):
+    in practice the last block output below the unfrozen layers. 0 when there is none above
+    the input (every layer fine-tuned, a hub: module, or a graph it cannot read)."""
+    layers = base.layers
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    sources = []
+    for layer in layers:
+        # The first call is the base's own graph (a FrozenSplit's models call layers again).
+        nodes = layer._inbound_nodes
+        inbound = nodes[0].inbound_layers if nodes else []
+        inbound = inbound if isinstance(inbound, (list, tuple)) else [inbound]
+        if any(id(src) not in index for src in inbound):
+            return 0
+        sources.append([index[id(src)] for src in inbound])
+    cutoff = len(layers) - int(num_trainable_top)
+    best, best_size = 0, None
+    for j in range(min(cutoff, len(layers) - 1), 1, -1):
+        crossing = {s for i in range(j, len(layers)) for s in sources[i] if s < j}
+        output = layers[j - 1].output
+        if crossing != {j - 1} or isinstance(output, (list, tuple)):
+            continue
+        size = math.prod(d or 1 for d in output.shape[1:])
+        if best_size is None or size < best_size:
+            best, best_size = j, size
+    return best
+
+
+def frozen_split(classifier: Classifier, num_trainable_top: int):
+    """FrozenSplit of the classifier's base for phase 2 unfreezing its top
+    `num_trainable_top` layers, or None when the frozen part is only the input. The models
+    share the base's layers, so rest(bottom(x)) is the pooled output of the model itself and
+    training through `rest` trains the model."""
+    base, model = classifier.base, classifier.model
+    j = frozen_boundary(base, num_trainable_top)
+    if j <= 1:
+        return None
+    boundary = base.layers[j - 1]
+    bottom = tf_keras.Model(base.input, boundary.output, name="graft_frozen_bottom")
+    top = tf_keras.Model(boundary.output, base.output, name="graft_base_top")
+    activations = tf_keras.Input(boundary.output.shape[1:], name="activations")
+    pooled = model.get_layer(POOL_LAYER)(top(activations, training=False))
+    rest = tf_keras.Model(activations, pooled, name="graft_rest")
+    return FrozenSplit(bottom, rest, boundary.name)
+
+
+class RandomView(tf_keras.layers.Layer):
+    """[B, views, ...] -> [B, ...]: in training a random view per example (the cached
+    original or flip of each image, as a random flip picks), else view 0 (the original)."""
+
+    def call(self, views, training=None):
+        if not training:
+            return views[:, 0]
+        pick = tf.random.uniform(tf.shape(views)[:1], 0, tf.shape(views)[1], dtype=tf.int32)
+        return tf.gather(views, pick, axis=1, batch_dims=1)
+
+
+def on_activations(classifier: Classifier, split: FrozenSplit) -> tf_keras.Model:
+    """The classifier from the cached activations of its frozen bottom ([B, views, ...], any
+    number of views) to probabilities: phase 2 trains it instead of the model, which shares
+    its layers."""
+    shape = split.rest.input_shape[1:]
+    inputs = tf_keras.Input((None,) + tuple(shape), name="activation_views")
+    x = split.rest(RandomView(name="random_view")(inputs))
+    for name in ("head_dense", "head_dropout", "probabilities"):
+        x = classifier.model.get_layer(name)(x)
+    return tf_keras.Model(inputs, x, name="graft_classifier_on_activations")
+
+
 def needs_layer_traces(model) -> bool:
     """Whether a Keras SavedModel of `model` must carry each layer's traced call functions
     (`save_traces`): only when some layer is not a built-in Keras class (a hub: module's

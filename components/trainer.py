@@ -5,7 +5,9 @@ materialize=False). Phase 1 trains a new head on the frozen base: on features th
 computes once per image (components/feature_cache.py; `feature_cache=False` trains on the
 images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers of the base
 (BatchNorm frozen) with its own optimizer and schedule (model.py), each batch's gradient summed
-over micro-batches (`micro_batch_size`, less memory, the same update); its weights are kept
+over micro-batches (`micro_batch_size`, less memory, the same update); when that leaves a
+frozen bottom (a partial fine-tune, e.g. `--recipe seed`), on the activations the cache kept
+where the bottom ends (`activation_cache`), else on the images; its weights are kept
 unless it did worse than phase 1 on both validation loss and accuracy (`keep_phase2`; the
 seed's rule: unless its validation loss is higher). `class_weight='balanced'` weighs both
 phases' training loss by inverse class frequency (components/class_weights.py; counts from the
@@ -127,8 +129,12 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     if cfg.feature_cache and not scratch:
         # Phase 1: the frozen base once per image (and flip), the head on the features.
         if cache is None:
+            # The frozen bottom of a partial fine-tune: its activations serve phase 2 too.
+            split = model_lib.frozen_split(classifier, cfg.fine_tune_count(len(base.layers))) \
+                if cfg.activation_cache and cfg.fine_tune_epochs > 0 else None
             cache = feature_cache.Cache(model_lib.feature_extractor(classifier),
-                                        unaugmented_train(), eval_ds, flip=cfg.augment)
+                                        unaugmented_train(), eval_ds, flip=cfg.augment,
+                                        split=split)
         print("graft trainer: feature cache %s" % json.dumps(cache.describe()))
         # Every view of every training image is in the cache: the same proportions.
         counts = [c // cache.views for c in class_weights.label_counts(cache.train_y,
@@ -140,7 +146,7 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
         phase1 = _fit(classifier.head, (cache.train_x, cache.train_y),
                       (cache.eval_x, cache.eval_y), cfg.epochs, patience, callbacks, "phase 1",
                       batch_size=global_batch, class_weight=weights)
-        phase1["seconds"] += cache.seconds
+        phase1["seconds"] = phase1.get("seconds", 0.0) + cache.seconds  # {} at 0 epochs
         phase1["feature_cache"] = cache.describe()
         train_examples = cache.train_examples
     else:
@@ -165,11 +171,15 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     phase1_weights = model.get_weights()
     # From scratch every layer trained already: there is nothing left to fine-tune.
     if cfg.fine_tune_epochs > 0 and not scratch:
+        # On the frozen bottom's cached activations when the cache kept them, else on images.
+        split = cache.split if cfg.feature_cache and cfg.activation_cache and cache else None
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)))
             rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
+            trained = model if split is None else \
+                model_lib.on_activations(classifier, split)
             # Trains `model`'s own layers, in slices of micro_batch_size images per replica.
-            fitted = model_lib.micro_batched(model, cfg.micro_batch_size, cfg.batch_size)
+            fitted = model_lib.micro_batched(trained, cfg.micro_batch_size, cfg.batch_size)
             model_lib.compile_for(fitted, model_lib.optimizer(
                 cfg.fine_tune_optimizer, rate, cfg.weight_decay), cfg)
         label = model_lib.phase2_label(base)
@@ -178,9 +188,17 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
               "learning rate %g%s)" % (label, unfrozen, len(base.layers), cfg.fine_tune_optimizer,
                                        cfg.fine_tune_schedule, cfg.fine_tune_learning_rate,
                                        ", gradients in slices of %d" % slices if slices else ""))
-        phase2 = _fit(fitted, train_ds, eval_ds, cfg.fine_tune_epochs, patience,
-                      callbacks, label, class_weight=weights,
-                      monitor_from=model_lib.warmup_epochs_unjudged(cfg))
+        if split is None:
+            data = dict(train=train_ds, eval_data=eval_ds)
+        else:  # each image's original or flip at random, as the images' random flip
+            print("graft trainer: phase 2 on the cached activations of %s (%s)"
+                  % (split.layer, json.dumps(cache.describe()["activations"])))
+            data = dict(train=(cache.train_a, cache.train_y[:cache.train_examples]),
+                        eval_data=(cache.eval_a, cache.eval_y), batch_size=global_batch)
+        phase2 = _fit(fitted, epochs=cfg.fine_tune_epochs, patience=patience,
+                      callbacks=callbacks, phase=label, class_weight=weights,
+                      monitor_from=model_lib.warmup_epochs_unjudged(cfg), **data)
+        phase2["input"] = "images" if split is None else "activations of %s" % split.layer
         phase2["trainable_base_layers"] = unfrozen
         phase2["micro_batch_size"] = slices
     if phase2 and not phase2_kept(cfg.keep_phase2, best(phase1), best(phase2)):

@@ -65,6 +65,13 @@ class TrainingConfig:
         True, "phase 1 on cached features: the frozen base runs once per image (and once per "
         "horizontal flip of each training image), the head trains on the pooled features",
         negative="--no-feature-cache")
+    activation_cache: bool = config_field(
+        True, "phase 2 of a partial fine-tune (--fine-tune-fraction < 1 or --fine-tune-layers: "
+        "the base's bottom stays frozen) trains on the bottom's activations, kept by the "
+        "feature cache for each image and its flip, instead of running the whole base over "
+        "augmented images every epoch (so phase 2 sees flips, not crops or brightness "
+        "changes); needs the feature cache. Every-layer fine-tunes have no frozen bottom",
+        negative="--no-activation-cache")
     # Phase 2: fine-tuning the top of the base, BatchNorm always frozen.
     # 10, not 6: 5-fold cross-validation (bench/results/finetune_cv.json) +1.75 points on
     # mri-dev (p = 0.04), +0.2 on flowers-dev; the reference recipe ran 15.

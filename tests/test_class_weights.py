@@ -83,7 +83,8 @@ def test_train_weighs_both_phases_and_records_the_weights(monkeypatch):
     phase1, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4, batches(),
                                    batches(), batches, lambda: 10)
     expected = {0: 10 / 18, 1: 10 / 9, 2: 10 / 3}
-    assert [name for name, _ in seen] == ["graft_head", "graft_classifier"]
+    # Phase 2 of this partial fine-tune trains on the cached activations of the frozen bottom.
+    assert [name for name, _ in seen] == ["graft_head", "graft_classifier_on_activations"]
     for _, cw in seen:
         assert cw == pytest.approx(expected)
     assert phase1["class_weight"] == {

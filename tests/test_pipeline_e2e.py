@@ -214,6 +214,10 @@ def test_training_history_saved(runs):
     assert history["phase1"]["val_accuracy"] and history["phase2"]["val_accuracy"]
     # Phase 2 trained through the micro-batch model (the pushed model is tested elsewhere).
     assert history["phase2"]["micro_batch_size"] == 8
+    # The top 10 of Lite0's 150 layers start in block 7a: phase 2 trained on the cached
+    # activations where the frozen bottom ends (the last block boundary below them).
+    assert history["phase2"]["input"] == "activations of block6d_add"
+    assert history["phase1"]["feature_cache"]["activations"]["kept"] is True
     assert (run_dir / "history.png").stat().st_size > 1000
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["strategy"] == "_DefaultDistributionStrategy"

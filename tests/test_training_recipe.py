@@ -30,7 +30,7 @@ def test_cached_features_equal_the_models_own_forward_pass():
     y = np.array([0, 1, 2, 0, 1, 2])
     # One batch: oneDNN's float rounding depends on the batch size, not on the path.
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
-    feats, labels = feature_cache.extract(model_lib.feature_extractor(classifier), ds)
+    feats, labels, _ = feature_cache.extract(model_lib.feature_extractor(classifier), ds)
     assert feats.shape == (6, 1280) and labels.tolist() == y.tolist()
     # The uncached path: the whole model on the images, compiled into a graph as fit() and
     # predict() do (eager op-by-op execution rounds differently). Same features and
@@ -48,7 +48,7 @@ def test_flip_view_appends_the_flipped_images_features_with_the_same_labels():
     extractor = model_lib.feature_extractor(classifier)
     x = _images(4, 32)
     ds = tf.data.Dataset.from_tensor_slices((x, np.arange(4) % 3)).batch(3)
-    feats, labels = feature_cache.extract(extractor, ds, flip=True)
+    feats, labels, _ = feature_cache.extract(extractor, ds, flip=True)
     assert feats.shape[0] == 8 and labels.tolist() == [0, 1, 2, 0, 0, 1, 2, 0]
     flipped = extractor(tf.image.flip_left_right(x), training=False).numpy()
     assert np.abs(feats[4:] - flipped).max() <= 1e-5

@@ -1,0 +1,126 @@
+"""Phase 2 of a partial fine-tune on the frozen bottom's cached activations: where the base is
+cut, that the cut computes what the model computes, that training on activations trains the
+exported model, and the memory budget's fallback to images."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import feature_cache, model as model_lib, trainer
+from components.backbones import get_backbone
+from components.training_config import TrainingConfig
+
+NAMES = ("a", "b", "c")
+
+
+def _images(n, size, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 3)).astype("float32")
+
+
+def _classifier(**kwargs):
+    cfg = TrainingConfig(label_names=NAMES, image_size=64, **kwargs)
+    return cfg, model_lib.build(get_backbone(cfg.backbone), cfg)
+
+
+@pytest.mark.parametrize("backbone,layers,boundary", [
+    # The seed's 20 layers of Lite0 start inside block 6d: the cut is the block before it.
+    ("efficientnet_lite0", 20, "block6c_add"),
+    # ResNet50's top 20 layers start inside conv5_block2: its residual input crosses the
+    # block's layers, so the cut is the previous block's output.
+    ("resnet50", 20, "conv5_block1_out"),
+])
+def test_the_cut_is_the_highest_block_boundary_below_the_trainable_layers(
+        backbone, layers, boundary):
+    cfg, classifier = _classifier(backbone=backbone, weights="none")
+    base = classifier.base
+    split = model_lib.frozen_split(classifier, layers)
+    assert split.layer == boundary
+    j = [layer.name for layer in base.layers].index(boundary) + 1
+    assert j <= len(base.layers) - layers  # every unfrozen layer is above the cut
+    # The bottom and the rest compute the model's own pooled features, in one graph as the
+    # cache runs them (oneDNN rounds the same ops alike there).
+    x = tf.constant(_images(4, 64))
+    whole = feature_cache.forward_fn(model_lib.feature_extractor(classifier))(x).numpy()
+    bottom, rest = (feature_cache.forward_fn(m) for m in (split.bottom, split.rest))
+    assert np.abs(rest(bottom(x)).numpy() - whole).max() <= 1e-5
+
+
+def test_no_cut_when_every_layer_or_nearly_every_layer_is_fine_tuned():
+    _, classifier = _classifier(weights="none")
+    n = len(classifier.base.layers)
+    assert model_lib.frozen_split(classifier, n) is None
+    assert model_lib.frozen_split(classifier, n - 1) is None  # only the input layer frozen
+
+
+def test_random_view_picks_one_cached_view_per_example_in_training_and_the_original_else():
+    views = tf.constant(np.stack([np.zeros((64, 2)), np.ones((64, 2))], axis=1), tf.float32)
+    layer = model_lib.RandomView()
+    assert np.all(layer(views, training=False).numpy() == 0)
+    picked = layer(views, training=True).numpy()
+    assert set(np.unique(picked)) == {0.0, 1.0}  # both views drawn over 64 examples
+    assert np.all(picked[:, 0] == picked[:, 1])  # whole views, not mixed elements
+
+
+def _train(cfg, cache=None):
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    x, y = _images(12, 64), np.arange(12) % 3
+
+    def batches():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+
+    bottom_before = [w.copy() for w in model_lib.frozen_split(
+        classifier, cfg.fine_tune_count(len(classifier.base.layers))).bottom.get_weights()]
+    top_before = classifier.base.get_layer("top_conv").get_weights()[0].copy()
+    phase1, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4,
+                                   batches(), batches(), batches, lambda: 12, cache=cache)
+    return classifier, x, phase1, phase2, bottom_before, top_before
+
+
+def test_phase2_on_activations_trains_the_exported_model_and_leaves_the_bottom_alone():
+    # No phase-1 epochs: nothing to compare phase 2 with, so its weights are kept.
+    cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=2,
+                         fine_tune_layers=20, fine_tune_learning_rate=1e-2,
+                         fine_tune_schedule="constant", batch_size=4, early_stopping_patience=5)
+    classifier, x, phase1, phase2, bottom_before, top_before = _train(cfg)
+    assert phase2["input"] == "activations of block6c_add"
+    described = phase1["feature_cache"]["activations"]
+    assert described["kept"] and described["shape"] == [2, 2, 192]  # 64 px: 2 x 2 at block 6
+    assert len(phase2["val_loss"]) == 2
+    # The model that is exported changed where phase 2 trains, and nowhere below the cut.
+    split = model_lib.frozen_split(classifier, 20)
+    assert all(np.array_equal(a, b) for a, b in zip(bottom_before, split.bottom.get_weights()))
+    assert phase2["kept"]
+    top_after = classifier.base.get_layer("top_conv").get_weights()[0]
+    assert np.abs(top_after - top_before).max() > 1e-4
+    # The images through the model give what the activations through the trained top give.
+    acts = np.stack([split.bottom.predict(x, verbose=0)], axis=1)
+    on_acts = model_lib.on_activations(classifier, split)
+    assert np.abs(classifier.model.predict(x, verbose=0)
+                  - on_acts.predict(acts, verbose=0)).max() <= 1e-5
+
+
+def test_over_budget_or_switched_off_phase2_reads_the_images():
+    cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=1, fine_tune_epochs=1,
+                         fine_tune_layers=20, batch_size=4)
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    x, y = _images(12, 64), np.arange(12) % 3
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    split = model_lib.frozen_split(classifier, 20)
+    # 4 images x 2 views x 2 x 2 x 192 floats = 24,576 bytes per batch: two batches fit.
+    tight = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
+                                split=split, budget_bytes=2 * 24576)
+    assert tight.train_a is None and tight.split is None
+    assert tight.describe()["activations"] == {"layer": "block6c_add", "shape": None,
+                                               "megabytes": None, "kept": False}
+    roomy = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
+                                split=split)
+    assert roomy.train_a.shape == (12, 2, 2, 2, 192) and roomy.eval_a.shape == (12, 1, 2, 2, 192)
+    # Same features either way: the budget only decides what else is kept.
+    assert np.array_equal(tight.train_x, roomy.train_x)
+    _, _, _, phase2, *_ = _train(cfg, cache=tight)
+    assert phase2["input"] == "images"
+    _, _, _, phase2, *_ = _train(dataclasses.replace(cfg, activation_cache=False))
+    assert phase2["input"] == "images"
