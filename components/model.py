@@ -147,10 +147,11 @@ class FrozenSplit(NamedTuple):
 def frozen_boundary(base, num_trainable_top: int) -> int:
     """Where phase 2's frozen bottom can end: a layer index j <= the first unfrozen layer such
     that the base's layers from j on take exactly one tensor from below, the output of layer
-    j - 1 (no residual connection crosses it). Of those, the one with the smallest output
-    (the memory the cache needs), the highest among equals (the least work left above it):
-    in practice the last block output below the unfrozen layers. 0 when there is none above
-    the input (every layer fine-tuned, a hub: module, or a graph it cannot read)."""
+    j - 1 (no residual connection crosses it). Of those at the highest one's resolution, the
+    one with the smallest output (the memory the cache needs; not an expanded tensor inside a
+    block), the highest among equals (the least work left above it): in practice the last
+    block output below the unfrozen layers. 0 when there is none above the input (every
+    layer fine-tuned, a hub: module, or a graph it cannot read)."""
     layers = base.layers
     index = {id(layer): i for i, layer in enumerate(layers)}
     sources = []
@@ -163,16 +164,19 @@ def frozen_boundary(base, num_trainable_top: int) -> int:
             return 0
         sources.append([index[id(src)] for src in inbound])
     cutoff = len(layers) - int(num_trainable_top)
-    best, best_size = 0, None
+    cuts = []  # (j, output shape) from the top down
     for j in range(min(cutoff, len(layers) - 1), 1, -1):
         crossing = {s for i in range(j, len(layers)) for s in sources[i] if s < j}
         output = layers[j - 1].output
-        if crossing != {j - 1} or isinstance(output, (list, tuple)):
-            continue
-        size = math.prod(d or 1 for d in output.shape[1:])
-        if best_size is None or size < best_size:
-            best, best_size = j, size
-    return best
+        if crossing == {j - 1} and not isinstance(output, (list, tuple)):
+            cuts.append((j, tuple(output.shape[1:])))
+    if not cuts:
+        return 0
+    # At the highest cut's resolution only: a smaller tensor further down saves memory but
+    # would add a whole stage of work to every epoch.
+    spatial = cuts[0][1][:-1]
+    same = [(math.prod(d or 1 for d in shape), -j) for j, shape in cuts if shape[:-1] == spatial]
+    return -min(same)[1]
 
 
 def frozen_split(classifier: Classifier, num_trainable_top: int):

@@ -28,6 +28,9 @@ def _classifier(**kwargs):
 @pytest.mark.parametrize("backbone,layers,boundary", [
     # The seed's 20 layers of Lite0 start inside block 6d: the cut is the block before it.
     ("efficientnet_lite0", 20, "block6c_add"),
+    # 140 layers start at block 2a's expand conv: cut below it, at block 1's 16 channels, not
+    # after it (the same resolution, 6x the channels).
+    ("efficientnet_lite0", 140, "block1a_project_bn"),
     # ResNet50's top 20 layers start inside conv5_block2: its residual input crosses the
     # block's layers, so the cut is the previous block's output.
     ("resnet50", 20, "conv5_block1_out"),
