@@ -215,6 +215,19 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     return phase1, phase2
 
 
+def final_metrics(phase1: dict, phase2: dict) -> dict:
+    """The exported weights' validation loss and accuracy without another pass over the eval
+    images: early stopping restored the weights of the kept phase's best() epoch, which were
+    scored on the eval split at the end of that epoch (on cached features or activations: the
+    model's own outputs within 1e-5). {} when no phase ran."""
+    kept = phase2 if phase2.get("kept") else phase1
+    at = best(kept)
+    if not at:
+        return {}
+    return {"loss": at["val_loss"], "accuracy": at["val_accuracy"],
+            "source": "%s, epoch %d" % (at["label"] or "phase", at["epoch"])}
+
+
 def phase2_kept(rule: str, phase1: dict, phase2: dict) -> bool:
     """Whether phase 2's weights replace phase 1's, from each phase's best() metrics.
     'either' (the default): unless phase 2 is worse on both validation loss and accuracy;
@@ -265,7 +278,8 @@ def run_fn(fn_args) -> None:
                            count_labels=lambda: dataset.count_labels(
                                fn_args.train_files, cfg.label_key, cfg.num_classes))
     clock["trained"] = time.time()
-    final = model.evaluate(eval_ds, verbose=0, return_dict=True)
+    final = final_metrics(phase1, phase2) or model.evaluate(eval_ds, verbose=0,
+                                                            return_dict=True)
     clock["evaluated"] = time.time()
 
     summary = {"backbone": backbone.name, "image_size": size, "global_batch": global_batch,
@@ -275,6 +289,7 @@ def run_fn(fn_args) -> None:
                "strategy": type(strategy).__name__, "precision": policy,
                "phase1": best(phase1), "phase2": best(phase2),
                "final_val_accuracy": float(final["accuracy"]),
+               "final_val_source": final.get("source", "evaluated after training"),
                "eval_examples": dataset.count_examples(fn_args.eval_files),
                "final_val_loss": float(final["loss"])}
     # Asked before make_signatures attaches the Transform layer (tracked, outside the model's

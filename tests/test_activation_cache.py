@@ -98,6 +98,14 @@ def test_phase2_on_activations_trains_the_exported_model_and_leaves_the_bottom_a
     assert phase2["kept"]
     top_after = classifier.base.get_layer("top_conv").get_weights()[0]
     assert np.abs(top_after - top_before).max() > 1e-4
+    # The exported weights' metrics, read from the epoch early stopping restored, are the
+    # model's own on the eval images (the Trainer no longer evaluates them again).
+    final = trainer.final_metrics(phase1, phase2)
+    assert final["source"] == "phase 2, epoch %d" % trainer.best(phase2)["epoch"]
+    again = classifier.model.evaluate(x, np.arange(12) % 3, batch_size=4, verbose=0,
+                                      return_dict=True)
+    assert final["accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    assert final["loss"] == pytest.approx(again["loss"], rel=1e-4)
     # The images through the model give what the activations through the trained top give.
     acts = np.stack([split.bottom.predict(x, verbose=0)], axis=1)
     on_acts = model_lib.on_activations(classifier, split)

@@ -154,6 +154,22 @@ def test_phase2_is_dropped_only_when_worse_on_both_and_on_loss_with_the_seed_rul
         "either", phase1, {})
 
 
+def test_final_metrics_are_the_kept_phases_restored_epoch():
+    from components import trainer
+    phase1 = {"val_loss": [0.5, 0.4, 0.45], "val_accuracy": [0.8, 0.85, 0.9], "seconds": 1.0,
+              "phase": "phase 1"}
+    phase2 = {"val_loss": [0.2, 0.35, 0.3], "val_accuracy": [0.95, 0.86, 0.88], "seconds": 1.0,
+              "phase": "phase 2", "monitored_from_epoch": 2, "kept": True}
+    # Phase 2's warm-up epoch is not judged: epoch 3 (the lowest judged loss) was restored.
+    assert trainer.final_metrics(phase1, phase2) == {"loss": 0.3, "accuracy": 0.88,
+                                                     "source": "phase 2, epoch 3"}
+    assert trainer.final_metrics(phase1, dict(phase2, kept=False)) == {
+        "loss": 0.4, "accuracy": 0.85, "source": "phase 1, epoch 2"}
+    assert trainer.final_metrics(phase1, {}) == trainer.final_metrics(
+        phase1, dict(phase2, kept=False))
+    assert trainer.final_metrics({}, {}) == {}
+
+
 def test_label_smoothing_loss():
     probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = tf.constant([0, 2])
