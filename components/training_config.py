@@ -115,8 +115,9 @@ class TrainingConfig:
                                  negative="--no-augment")
     recipe: str = config_field(
         "default", "'seed' restores the original recipe (phase 2: top 20 layers, Adam 1e-5, "
-        "constant, no label smoothing, 10 + 5 epochs, kept on validation loss); explicit flags "
-        "still win",
+        "constant, no label smoothing, 10 + 5 epochs, kept on validation loss; with "
+        "--no-feature-cache also its code path: every epoch on augmented images); explicit "
+        "flags still win",
         choices=tuple(RECIPES))
     seed: int = 42
     code_version: str = ""                 # hash of component sub-packages (cache key)
