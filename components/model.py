@@ -36,6 +36,7 @@ from components.training_config import TrainingConfig
 
 SCRATCH_BN_MOMENTUM = 0.9
 POOL_LAYER = "pool"
+HEAD_LAYERS = ("head_dense", "head_dropout", "probabilities")  # in the order they apply
 
 
 class Classifier(NamedTuple):
@@ -54,11 +55,12 @@ def build(backbone, cfg: TrainingConfig) -> Classifier:
         for layer in base.layers:
             if isinstance(layer, tf_keras.layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
+    dense, dropout, probabilities = HEAD_LAYERS
     head_layers = [
-        tf_keras.layers.Dense(cfg.head_units, activation="relu", name="head_dense"),
-        tf_keras.layers.Dropout(cfg.dropout, name="head_dropout"),
+        tf_keras.layers.Dense(cfg.head_units, activation="relu", name=dense),
+        tf_keras.layers.Dropout(cfg.dropout, name=dropout),
         tf_keras.layers.Dense(cfg.num_classes, activation="softmax", dtype="float32",
-                              name="probabilities"),
+                              name=probabilities),
     ]
 
     def apply_head(x):
@@ -215,7 +217,7 @@ def on_activations(classifier: Classifier, split: FrozenSplit) -> tf_keras.Model
     shape = split.rest.input_shape[1:]
     inputs = tf_keras.Input((None,) + tuple(shape), name="activation_views")
     x = split.rest(RandomView(name="random_view")(inputs))
-    for name in ("head_dense", "head_dropout", "probabilities"):
+    for name in HEAD_LAYERS:
         x = classifier.model.get_layer(name)(x)
     return tf_keras.Model(inputs, x, name="graft_classifier_on_activations")
 

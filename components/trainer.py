@@ -172,7 +172,8 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     # From scratch every layer trained already: there is nothing left to fine-tune.
     if cfg.fine_tune_epochs > 0 and not scratch:
         # On the frozen bottom's cached activations when the cache kept them, else on images.
-        split = cache.split if cfg.feature_cache and cfg.activation_cache and cache else None
+        split = cache.split if cfg.feature_cache and cfg.activation_cache and cache is not None \
+            else None
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)))
             rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
