@@ -289,8 +289,9 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
     act_seconds = 0.0
     if recipe in ON_ACTIVATIONS:  # the Trainer's activation cache (feature_cache.extract)
         t0 = time.time()
-        split = model_lib.frozen_split(model_lib.Classifier(model, base, None), n_layers)
-        fitted = model_lib.on_activations(model_lib.Classifier(model, base, None), split)
+        classifier = model_lib.Classifier(model, base, None)
+        split = model_lib.frozen_split(classifier, n_layers)
+        fitted = model_lib.on_activations(classifier, split)
         fitted.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
         bottom = feature_cache.forward_fn(split.bottom)
 

@@ -49,7 +49,8 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
     float32 [N, views, ...] while their bytes stay within budget_bytes, else None (without
     bottom: None)."""
     forward = forward or forward_fn(extractor)
-    views, labels, kept, size = [], [], [], 0
+    views, labels, size = [], [], 0
+    kept = None if bottom is None else []  # activations while within budget_bytes
     for images, y in ds:
         images = tf.cast(images, tf.float32)
         inputs = [images, tf.image.flip_left_right(images)] if flip else [images]
@@ -69,7 +70,7 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
         raise ValueError("no examples to extract features from")
     n_views = len(views[0])
     features = np.concatenate([batch[v] for v in range(n_views) for batch in views])
-    activations = np.concatenate(kept) if bottom is not None and kept is not None else None
+    activations = None if kept is None else np.concatenate(kept)
     return features, np.concatenate(labels * n_views), activations
 
 
