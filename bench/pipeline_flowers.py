@@ -5,6 +5,8 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
 - `seed, no cache`: `--recipe seed --no-feature-cache` (the original recipe and code path);
 - `seed, cache`: `--recipe seed` (the same recipe, phase 1 on cached features: the cache alone);
 - `default`: every default;
+- `default_files`: every default but `--no-activation-cache` (phase 2 reads the image files
+  every epoch and maps the Transform graph over them, as before the ninth session);
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
   the model saved as the Trainer saves it (without the Transform signatures).
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
@@ -29,6 +31,7 @@ ARMS = {
     "seed_nocache": ["--recipe", "seed", "--no-feature-cache"],
     "seed_cache": ["--recipe", "seed"],
     "default": [],
+    "default_files": ["--no-activation-cache"],
 }
 
 
@@ -104,7 +107,8 @@ def main() -> int:
                    help="class folders (default %(default)s)")
     p.add_argument("--work", default="/tmp/graft-bench-pipeline")
     p.add_argument("--beam-mode", default="multi_processing")
-    p.add_argument("--arms", nargs="+", default=list(ARMS) + ["plain"],
+    p.add_argument("--arms", nargs="+", default=["seed_nocache", "seed_cache", "default",
+                                                 "plain"],
                    choices=list(ARMS) + ["plain"])
     p.add_argument("--out", default="pipeline_flowers.json",
                    help="results file name under bench/results/")

@@ -4,7 +4,9 @@ Transform runs with `materialize=False`, so the Trainer reads the raw ExampleGen
 and maps the Transform graph (tft_layer) over batches. Records whose image does not decode
 are dropped (and counted in the log) instead of failing training halfway.
 Augmentation (flip, small crop, brightness) applies to the training split only, after
-the Transform graph, scaled to the backbone's value range.
+the Transform graph, scaled to the backbone's value range. `from_arrays` serves phase 2 from
+images the feature cache already decoded and transformed, with the same shuffle and
+augmentation.
 
 tf.data's autotuning is off (`finish()`): with it on, TF 2.16 made every iterator's teardown
 wait for the autotuner's sleeping thread, which Keras does at the end of every epoch and of
@@ -14,6 +16,7 @@ AUTOTUNE parallelism then means one thread per core.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from components import image_ops, transform
@@ -80,6 +83,31 @@ def make_dataset(file_patterns, tf_transform_output, cfg: TrainingConfig, batch_
         return out[transform.IMAGE_XF], tf.reshape(features[label_key], [-1])
 
     ds = ds.map(apply_transform, num_parallel_calls=AUTOTUNE)
+    if training and cfg.augment:
+        ds = ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
+                    num_parallel_calls=AUTOTUNE)
+    return finish(ds)
+
+
+def from_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
+                cfg: TrainingConfig, value_range=(0.0, 255.0)) -> tf.data.Dataset:
+    """make_dataset's batches from images already through the Transform graph (the feature
+    cache's numpy array, any float dtype [N, S, S, 3]) and their labels [N]: float32 images,
+    shuffled every epoch and augmented when training. The images stay where they are: each
+    batch gathers its rows from the array (no copy of it into the dataset, no shuffle buffer
+    of images)."""
+    labels = np.asarray(labels, np.int64)
+    n, dtype = len(labels), tf.as_dtype(images.dtype)
+    ds = tf.data.Dataset.range(n)
+    if training:
+        ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
+
+    def gather(rows):
+        batch = tf.numpy_function(lambda r: images[r], [rows], dtype, stateful=False)
+        batch.set_shape((None,) + images.shape[1:])
+        return tf.cast(batch, tf.float32), tf.gather(labels, rows)
+
+    ds = ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE)
     if training and cfg.augment:
         ds = ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
                     num_parallel_calls=AUTOTUNE)

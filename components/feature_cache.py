@@ -7,12 +7,15 @@ on them for as many epochs as early stopping wants. The cache lives only in the 
 memory for the duration of one `run_fn`: a new backbone, weights, image size or data is a new
 Trainer execution and recomputes it, so nothing stale can be reused.
 
-When phase 2 fine-tunes only the top of the base, its bottom stays frozen too: the cache then
-also keeps the activations where the frozen bottom ends (model.frozen_split: the one tensor
-the layers above take from below) for the same views, and phase 2 trains the top on them
-instead of running the whole base over the images every epoch. The features are computed
-from those activations (the same pass). Activations are kept only within
-`ACTIVATIONS_BUDGET_BYTES`; past it they are dropped and phase 2 reads the images.
+Phase 2's input comes from the same pass. When phase 2 fine-tunes only the top of the base,
+its bottom stays frozen too: the cache then also keeps the activations where the frozen bottom
+ends (model.frozen_split: the one tensor the layers above take from below) for the same views,
+and phase 2 trains the top on them instead of running the whole base over the images every
+epoch (the features are computed from those activations). When phase 2 trains every layer,
+the cache keeps the images the base took, decoded, resized and through the Transform graph,
+as float16 (half the bytes of float32, a 2**-11 relative error: far below the uint8 rounding
+of a pixel), and phase 2 augments them each epoch instead of decoding every JPEG again. Either
+is kept only within `PHASE2_INPUT_BUDGET_BYTES`; past it, phase 2 reads the image files.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-# At most this many bytes of the frozen bottom's activations in memory (phase 2's input).
-ACTIVATIONS_BUDGET_BYTES = 2 << 30
+# At most this many bytes of phase 2's cached input (activations or images) in memory.
+PHASE2_INPUT_BUDGET_BYTES = 2 << 30
+IMAGE_DTYPE = np.float16  # the cached images' type
 
 
 def forward_fn(extractor):
@@ -40,63 +44,71 @@ def forward_fn(extractor):
 
 
 def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
-            bottom=None, budget_bytes: int = 0) -> tuple:
+            bottom=None, keep_images: bool = False, budget_bytes: int = 0) -> tuple:
     """Pooled features of every image of `ds` (batches of (image, label), not augmented):
-    (features float32 [N, D], labels int64 [N], activations); with flip, the horizontally
+    (features float32 [N, D], labels int64 [N], phase 2's input); with flip, the horizontally
     flipped images' features follow as N more rows with the same labels. forward:
     forward_fn(extractor), shared by calls that extract with the same extractor. bottom:
-    forward_fn of a FrozenSplit's bottom, `forward` then that split's rest: activations are
-    float32 [N, views, ...] while their bytes stay within budget_bytes, else None (without
-    bottom: None)."""
+    forward_fn of a FrozenSplit's bottom, `forward` then that split's rest: phase 2's input is
+    its activations, float32 [N, views, ...]; else with keep_images the images themselves,
+    IMAGE_DTYPE [N, S, S, 3] (the originals: phase 2 augments them). Kept while their bytes
+    stay within budget_bytes, else (and with neither) None."""
     forward = forward or forward_fn(extractor)
     views, labels, size = [], [], 0
-    kept = None if bottom is None else []  # activations while within budget_bytes
+    kept = [] if bottom is not None or keep_images else None  # while within budget_bytes
     for images, y in ds:
         images = tf.cast(images, tf.float32)
         inputs = [images, tf.image.flip_left_right(images)] if flip else [images]
         if bottom is None:
             out = [forward(x) for x in inputs]
+            held = images.numpy().astype(IMAGE_DTYPE) if kept is not None else None
         else:
             acts = [bottom(x) for x in inputs]
             out = [forward(a) for a in acts]
-            if kept is not None:
-                kept.append(np.stack([a.numpy().astype(np.float32) for a in acts], axis=1))
-                size += kept[-1].nbytes
-                if size > budget_bytes:
-                    kept = None  # over budget: phase 2 reads the images
+            held = np.stack([a.numpy().astype(np.float32) for a in acts], axis=1) \
+                if kept is not None else None
+        if kept is not None:
+            kept.append(held)
+            size += held.nbytes
+            if size > budget_bytes:
+                kept = None  # over budget: phase 2 reads the images
         views.append([v.numpy().astype(np.float32) for v in out])
         labels.append(y.numpy().astype(np.int64))
     if not labels:
         raise ValueError("no examples to extract features from")
     n_views = len(views[0])
     features = np.concatenate([batch[v] for v in range(n_views) for batch in views])
-    activations = None if kept is None else np.concatenate(kept)
-    return features, np.concatenate(labels * n_views), activations
+    held = None if kept is None else np.concatenate(kept)
+    return features, np.concatenate(labels * n_views), held
 
 
 class Cache:
-    """Features of the training (original + flipped when augmenting) and eval images; with a
-    FrozenSplit also the activations where its frozen bottom ends (train_a [N, views, ...],
-    eval_a [M, 1, ...]; None when they would not fit ACTIVATIONS_BUDGET_BYTES)."""
+    """Features of the training (original + flipped when augmenting) and eval images, and
+    phase 2's input: with a FrozenSplit the activations where its frozen bottom ends
+    (train_in [N, views, ...], eval_in [M, 1, ...]), else with images=True the images
+    (train_in [N, S, S, 3], eval_in [M, S, S, 3], IMAGE_DTYPE); None when not asked for or
+    over budget_bytes (`phase2_input` names what is held, None for nothing)."""
 
     def __init__(self, extractor, train_ds, eval_ds, flip: bool, split=None,
-                 budget_bytes: int = ACTIVATIONS_BUDGET_BYTES):
+                 images: bool = False, budget_bytes: int = PHASE2_INPUT_BUDGET_BYTES):
         start = time.time()
         if split is None:
             forward, bottom = forward_fn(extractor), None  # traced once for both splits, views
         else:
             forward, bottom = forward_fn(split.rest), forward_fn(split.bottom)
-        self.train_x, self.train_y, self.train_a = extract(
-            extractor, train_ds, flip=flip, forward=forward, bottom=bottom,
-            budget_bytes=budget_bytes)
-        left = budget_bytes - (self.train_a.nbytes if self.train_a is not None else 0)
-        self.eval_x, self.eval_y, self.eval_a = extract(
-            extractor, eval_ds, forward=forward, bottom=bottom,
-            budget_bytes=left if self.train_a is not None else -1)
-        if self.eval_a is None:
-            self.train_a = None
-        self.split = split if self.train_a is not None else None
+        keep = dict(forward=forward, bottom=bottom, keep_images=images and split is None)
+        self.train_x, self.train_y, self.train_in = extract(
+            extractor, train_ds, flip=flip, budget_bytes=budget_bytes, **keep)
+        left = budget_bytes - (self.train_in.nbytes if self.train_in is not None else 0)
+        self.eval_x, self.eval_y, self.eval_in = extract(
+            extractor, eval_ds, budget_bytes=left if self.train_in is not None else -1, **keep)
+        if self.eval_in is None:
+            self.train_in = None
+        self.split = split if self.train_in is not None else None
         self.boundary = split.layer if split is not None else None
+        self.kind = "activations" if split is not None else "images" if images else None
+        self.phase2_input = None if self.train_in is None else \
+            "activations of %s" % split.layer if split is not None else "cached images"
         self.traces = forward.experimental_get_tracing_count()
         self.views = 2 if flip else 1
         self.seconds = time.time() - start
@@ -113,18 +125,22 @@ class Cache:
                                for v in range(self.views)])
         out = copy.copy(self)
         out.train_x, out.train_y = self.train_x[rows], self.train_y[rows]
-        if self.train_a is not None:
-            out.train_a = self.train_a[np.asarray(keep, dtype=np.int64)]
+        if self.train_in is not None:
+            out.train_in = self.train_in[np.asarray(keep, dtype=np.int64)]
         return out
 
     def describe(self) -> dict:
+        held = self.train_in is not None
+        first_shape_axis = 2 if self.kind == "activations" else 1  # after [N, views]
+        phase2 = {"shape": list(self.train_in.shape[first_shape_axis:]) if held else None,
+                  "megabytes": round((self.train_in.nbytes + self.eval_in.nbytes) / 2**20, 1)
+                  if held else None,
+                  "kept": held}
         return {"train_examples": self.train_examples, "train_views": self.views,
                 "eval_examples": len(self.eval_y), "dims": int(self.train_x.shape[1]),
                 "traces": self.traces,
                 "seconds": round(self.seconds, 2),
-                "activations": None if self.boundary is None else {
-                    "layer": self.boundary,
-                    "shape": None if self.train_a is None else list(self.train_a.shape[2:]),
-                    "megabytes": None if self.train_a is None else round(
-                        (self.train_a.nbytes + self.eval_a.nbytes) / 2**20, 1),
-                    "kept": self.train_a is not None}}
+                "activations": {"layer": self.boundary, **phase2}
+                if self.kind == "activations" else None,
+                "images": {"dtype": np.dtype(IMAGE_DTYPE).name, **phase2}
+                if self.kind == "images" else None}

@@ -7,7 +7,9 @@ images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers
 (BatchNorm frozen) with its own optimizer and schedule (model.py), each batch's gradient summed
 over micro-batches (`micro_batch_size`, less memory, the same update); when that leaves a
 frozen bottom (a partial fine-tune, e.g. `--recipe seed`), on the activations the cache kept
-where the bottom ends (`activation_cache`), else on the images; its weights are kept
+where the bottom ends, else (every layer) on the images the cache kept decoded and transformed,
+augmented every epoch (`activation_cache`; without it, or over its budget, on the image
+files); its weights are kept
 unless it did worse than phase 1 on both validation loss and accuracy (`keep_phase2`; the
 seed's rule: unless its validation loss is higher). `class_weight='balanced'` weighs both
 phases' training loss by inverse class frequency (components/class_weights.py; counts from the
@@ -129,12 +131,14 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     if cfg.feature_cache and not scratch:
         # Phase 1: the frozen base once per image (and flip), the head on the features.
         if cache is None:
-            # The frozen bottom of a partial fine-tune: its activations serve phase 2 too.
+            # Phase 2's input from the same pass: the activations of a partial fine-tune's
+            # frozen bottom, or the images (decoded and transformed) for every layer.
+            keep = cfg.activation_cache and cfg.fine_tune_epochs > 0
             split = model_lib.frozen_split(classifier, cfg.fine_tune_count(len(base.layers))) \
-                if cfg.activation_cache and cfg.fine_tune_epochs > 0 else None
+                if keep else None
             cache = feature_cache.Cache(model_lib.feature_extractor(classifier),
                                         unaugmented_train(), eval_ds, flip=cfg.augment,
-                                        split=split)
+                                        split=split, images=keep)
         print("graft trainer: feature cache %s" % json.dumps(cache.describe()))
         # Every view of every training image is in the cache: the same proportions.
         counts = [c // cache.views for c in class_weights.label_counts(cache.train_y,
@@ -171,9 +175,11 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     phase1_weights = model.get_weights()
     # From scratch every layer trained already: there is nothing left to fine-tune.
     if cfg.fine_tune_epochs > 0 and not scratch:
-        # On the frozen bottom's cached activations when the cache kept them, else on images.
-        split = cache.split if cfg.feature_cache and cfg.activation_cache and cache is not None \
-            else None
+        # On what the cache kept (the frozen bottom's activations or the transformed images),
+        # else on the image files.
+        cached = cfg.feature_cache and cfg.activation_cache and cache is not None \
+            and cache.phase2_input is not None
+        split = cache.split if cached else None
         with strategy.scope():
             unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)))
             rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
@@ -189,17 +195,26 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
               "learning rate %g%s)" % (label, unfrozen, len(base.layers), cfg.fine_tune_optimizer,
                                        cfg.fine_tune_schedule, cfg.fine_tune_learning_rate,
                                        ", gradients in slices of %d" % slices if slices else ""))
-        if split is None:
+        n = cache.train_examples if cached else 0
+        if not cached:
             data = dict(train=train_ds, eval_data=eval_ds)
+        elif split is None:  # every layer: the cached images, augmented as the files' are
+            print("graft trainer: phase 2 on the cached images (%s)"
+                  % json.dumps(cache.describe()["images"]))
+            value_range = cfg.get_backbone().value_range
+            data = dict(train=dataset.from_arrays(cache.train_in, cache.train_y[:n],
+                                                  global_batch, True, cfg, value_range),
+                        eval_data=dataset.from_arrays(cache.eval_in, cache.eval_y,
+                                                      global_batch, False, cfg))
         else:  # each image's original or flip at random, as the images' random flip
             print("graft trainer: phase 2 on the cached activations of %s (%s)"
                   % (split.layer, json.dumps(cache.describe()["activations"])))
-            data = dict(train=(cache.train_a, cache.train_y[:cache.train_examples]),
-                        eval_data=(cache.eval_a, cache.eval_y), batch_size=global_batch)
+            data = dict(train=(cache.train_in, cache.train_y[:n]),
+                        eval_data=(cache.eval_in, cache.eval_y), batch_size=global_batch)
         phase2 = _fit(fitted, epochs=cfg.fine_tune_epochs, patience=patience,
                       callbacks=callbacks, phase=label, class_weight=weights,
                       monitor_from=model_lib.warmup_epochs_unjudged(cfg), **data)
-        phase2["input"] = "images" if split is None else "activations of %s" % split.layer
+        phase2["input"] = cache.phase2_input if cached else "images"
         phase2["trainable_base_layers"] = unfrozen
         phase2["micro_batch_size"] = slices
     if phase2 and not phase2_kept(cfg.keep_phase2, best(phase1), best(phase2)):

@@ -66,11 +66,12 @@ class TrainingConfig:
         "horizontal flip of each training image), the head trains on the pooled features",
         negative="--no-feature-cache")
     activation_cache: bool = config_field(
-        True, "phase 2 of a partial fine-tune (--fine-tune-fraction < 1 or --fine-tune-layers: "
-        "the base's bottom stays frozen) trains on the bottom's activations, kept by the "
-        "feature cache for each image and its flip, instead of running the whole base over "
-        "augmented images every epoch (so phase 2 sees flips, not crops or brightness "
-        "changes); needs the feature cache. Every-layer fine-tunes have no frozen bottom",
+        True, "phase 2 on what the feature cache kept from its pass over the images: a partial "
+        "fine-tune (--fine-tune-fraction < 1 or --fine-tune-layers: the base's bottom stays "
+        "frozen) on the bottom's activations for each image and its flip (so phase 2 sees "
+        "flips, not crops or brightness changes), an every-layer fine-tune on the decoded, "
+        "transformed images (float16, augmented every epoch), instead of reading and decoding "
+        "the image files every epoch; needs the feature cache",
         negative="--no-activation-cache")
     # Phase 2: fine-tuning the top of the base, BatchNorm always frozen.
     # 10, not 6: 5-fold cross-validation (bench/results/finetune_cv.json) +1.75 points on

@@ -1,6 +1,7 @@
-"""Phase 2 of a partial fine-tune on the frozen bottom's cached activations: where the base is
-cut, that the cut computes what the model computes, that training on activations trains the
-exported model, and the memory budget's fallback to images."""
+"""Phase 2 on what the feature cache kept: a partial fine-tune on the frozen bottom's
+activations (where the base is cut, that the cut computes what the model computes, that
+training on activations trains the exported model), an every-layer fine-tune on the cached
+transformed images, and the memory budget's fallback to the image files."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import feature_cache, model as model_lib, trainer
+from components import dataset, feature_cache, model as model_lib, trainer
 from components.backbones import get_backbone
 from components.training_config import TrainingConfig
 
@@ -123,15 +124,79 @@ def test_over_budget_or_switched_off_phase2_reads_the_images():
     # 4 images x 2 views x 2 x 2 x 192 floats = 24,576 bytes per batch: two batches fit.
     tight = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
                                 split=split, budget_bytes=2 * 24576)
-    assert tight.train_a is None and tight.split is None
+    assert tight.train_in is None and tight.split is None
     assert tight.describe()["activations"] == {"layer": "block6c_add", "shape": None,
                                                "megabytes": None, "kept": False}
     roomy = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
                                 split=split)
-    assert roomy.train_a.shape == (12, 2, 2, 2, 192) and roomy.eval_a.shape == (12, 1, 2, 2, 192)
+    assert roomy.train_in.shape == (12, 2, 2, 2, 192) and roomy.eval_in.shape == (12, 1, 2, 2, 192)
     # Same features either way: the budget only decides what else is kept.
     assert np.array_equal(tight.train_x, roomy.train_x)
     _, _, _, phase2, *_ = _train(cfg, cache=tight)
     assert phase2["input"] == "images"
     _, _, _, phase2, *_ = _train(dataclasses.replace(cfg, activation_cache=False))
     assert phase2["input"] == "images"
+
+
+def test_every_layer_phase2_trains_on_the_cached_images():
+    # Every layer fine-tuned: no frozen bottom, so the cache keeps the transformed images.
+    cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=2,
+                         fine_tune_learning_rate=1e-2, fine_tune_schedule="constant",
+                         batch_size=4, early_stopping_patience=5)
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    x, y = _images(12, 64), np.arange(12) % 3
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    extractor = model_lib.feature_extractor(classifier)
+    cache = feature_cache.Cache(extractor, ds, ds, flip=True, images=True)
+    assert cache.phase2_input == "cached images" and cache.split is None
+    assert cache.train_in.dtype == np.float16 and cache.train_in.shape == (12, 64, 64, 3)
+    assert cache.eval_in.shape == (12, 64, 64, 3)
+    # The originals (phase 2 augments them itself), within float16's rounding of [-1, 1].
+    assert np.abs(cache.train_in.astype(np.float32) - x).max() <= 2 ** -11
+    assert cache.describe()["images"] == {"dtype": "float16", "shape": [64, 64, 3],
+                                          "megabytes": 0.6, "kept": True}
+    assert cache.describe()["activations"] is None
+    # Over budget: nothing kept, the same features.
+    tight = feature_cache.Cache(extractor, ds, ds, flip=True, images=True,
+                                budget_bytes=cache.train_in.nbytes)
+    assert tight.train_in is None and tight.phase2_input is None
+    assert np.array_equal(tight.train_x, cache.train_x)
+    # Phase 2 on the cached images trains the model itself.
+    before = classifier.base.get_layer("stem_conv").get_weights()[0].copy()
+    _, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4, ds, ds,
+                              lambda: ds, lambda: 12, cache=cache)
+    assert phase2["input"] == "cached images" and phase2["kept"]
+    assert len(phase2["val_loss"]) == 2
+    assert np.abs(classifier.base.get_layer("stem_conv").get_weights()[0] - before).max() > 0
+    # The validation metrics on the cached eval images are the model's on the originals.
+    final = trainer.final_metrics({}, phase2)
+    again = classifier.model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    assert final["accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    assert final["loss"] == pytest.approx(again["loss"], rel=1e-3)
+    # Over budget, or switched off: the image files.
+    _, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4, ds, ds,
+                              lambda: ds, lambda: 12, cache=tight)
+    assert phase2["input"] == "images"
+    _, phase2 = trainer.train(classifier, dataclasses.replace(cfg, activation_cache=False),
+                              tf.distribute.get_strategy(), 4, ds, ds, lambda: ds, lambda: 12)
+    assert phase2["input"] == "images"
+
+
+def test_cached_images_batches_shuffle_augment_and_keep_eval_order():
+    cfg = TrainingConfig(label_names=NAMES, seed=3)
+    images = _images(10, 8).astype(np.float16)
+    labels = np.arange(10)
+    evals = dataset.from_arrays(images, labels, 4, False, cfg, (-1.0, 1.0))
+    batches = list(evals)
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert batches[0][0].dtype == tf.float32
+    assert np.array_equal(np.concatenate([b[0].numpy() for b in batches]),
+                          images.astype(np.float32))
+    assert np.array_equal(np.concatenate([b[1].numpy() for b in batches]), labels)
+    train = dataset.from_arrays(images, labels, 4, True, cfg, (-1.0, 1.0))
+    epochs = [np.concatenate([b[1].numpy() for b in train]) for _ in range(2)]
+    assert all(sorted(e) == list(labels) for e in epochs)  # each image once per epoch
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
+    x, y = next(iter(train))
+    assert not np.allclose(x.numpy(), images[y.numpy()].astype(np.float32))  # augmented
+    assert x.numpy().min() >= -1.0 and x.numpy().max() <= 1.0  # within the value range
