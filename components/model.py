@@ -31,8 +31,12 @@ from typing import NamedTuple
 import tensorflow as tf
 import tf_keras
 
+from components import autograph_rules
 from components.backbones import hub
 from components.training_config import TrainingConfig
+
+# Every process that builds graft's models trains them without converting Keras' own code.
+autograph_rules.keep_autograph_out_of_tf_keras()
 
 SCRATCH_BN_MOMENTUM = 0.9
 POOL_LAYER = "pool"
@@ -99,10 +103,8 @@ class MicroBatchModel(tf_keras.Model):
         total = tf.cast(size, tf.float32)
         step = self.micro_batch_size
         scaling = isinstance(self.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
-        grads = [tf.zeros_like(v) for v in variables]
-        for start in tf.range(0, size, step):
-            # One slice at a time: slices run in parallel would hold all their activations.
-            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
+
+        def micro_step(start, grads):
             end = tf.minimum(size, start + step)
             xs, ys = x[start:end], y[start:end]
             ws = None if sample_weight is None else sample_weight[start:end]
@@ -115,8 +117,15 @@ class MicroBatchModel(tf_keras.Model):
             part = tape.gradient(loss, variables)
             if scaling:
                 part = self.optimizer.get_unscaled_gradients(part)
-            grads = [g if p is None else g + p for g, p in zip(grads, part)]
             self.compute_metrics(xs, ys, pred, ws)
+            return start + step, [g if p is None else g + p for g, p in zip(grads, part)]
+
+        # An explicit loop, not AutoGraph's (components/__init__.py keeps AutoGraph out of
+        # Keras' code, which calls this), one slice at a time: slices run in parallel would
+        # hold all their activations.
+        _, grads = tf.while_loop(lambda start, _: start < size, micro_step,
+                                 [tf.constant(0), [tf.zeros_like(v) for v in variables]],
+                                 parallel_iterations=1)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self.get_metrics_result()
 
