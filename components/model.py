@@ -120,7 +120,7 @@ class MicroBatchModel(tf_keras.Model):
             self.compute_metrics(xs, ys, pred, ws)
             return start + step, [g if p is None else g + p for g, p in zip(grads, part)]
 
-        # An explicit loop, not AutoGraph's (components/__init__.py keeps AutoGraph out of
+        # An explicit loop, not AutoGraph's (components/autograph_rules.py keeps AutoGraph out of
         # Keras' code, which calls this), one slice at a time: slices run in parallel would
         # hold all their activations.
         _, grads = tf.while_loop(lambda start, _: start < size, micro_step,
