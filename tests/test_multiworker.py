@@ -4,8 +4,10 @@ Each process gets a TF_CONFIG naming both 127.0.0.1 ports and its own index, bui
 strategy with components.distribution.choose_strategy() (MultiWorkerMirroredStrategy), trains
 a tiny tf_keras model (with BatchNormalization, whose moving statistics are sync-on-read
 variables like the backbones') for a few steps with the global batch = per-replica batch x
-replicas, then saves as distribution.save_path() says: every worker calls model.save (saving
-is collective), only the chief's copy lands in the destination.
+replicas, then one epoch more on batches that gather from an in-memory array as phase 2 does
+on the feature cache's images (dataset.from_arrays: a numpy_function in the dataset, sharded
+across the workers), then saves as distribution.save_path() says: every worker calls
+model.save (saving is collective), only the chief's copy lands in the destination.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def worker(out_dir: str) -> None:
     import tensorflow as tf
     import tf_keras
 
-    from components import distribution
+    from components import dataset, distribution
+    from components.training_config import TrainingConfig
 
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     strategy = distribution.choose_strategy()
@@ -59,11 +62,15 @@ def worker(out_dir: str) -> None:
         model.compile(optimizer=tf_keras.optimizers.SGD(0.1),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(ds, epochs=EPOCHS, steps_per_epoch=STEPS, verbose=0)
+    cached = dataset.from_arrays(x, y, global_batch, True,
+                                 TrainingConfig(label_names=("a", "b"), augment=False))
+    from_arrays = model.fit(cached, epochs=1, verbose=0)
     chief = distribution.is_chief()
     status = {"index": index, "replicas": replicas,
               "multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
               "global_batch": global_batch, "chief": chief,
-              "loss": [float(v) for v in history.history["loss"]]}
+              "loss": [float(v) for v in history.history["loss"]],
+              "from_arrays_loss": [float(v) for v in from_arrays.history["loss"]]}
     destination = os.path.join(out_dir, "model")
     path = distribution.save_path(destination)
     model.save(path, save_format="tf")
@@ -104,6 +111,8 @@ def test_two_workers_on_loopback(tmp_path):
         assert len(s["loss"]) == EPOCHS
     # Synchronous training: both workers saw the same all-reduced losses.
     assert statuses[0]["loss"] == statuses[1]["loss"]
+    assert len(statuses[0]["from_arrays_loss"]) == 1
+    assert statuses[0]["from_arrays_loss"] == statuses[1]["from_arrays_loss"]
     assert [s["chief"] for s in statuses] == [True, False]
     assert statuses[0].get("saved") and not statuses[1].get("saved")
     assert (tmp_path / "model" / "saved_model.pb").exists()
