@@ -306,6 +306,15 @@ def test_graft_run_with_a_hub_backbone_pushes_a_model_that_needs_no_module(
     facts = json.loads(summary.read_text())
     assert facts["backbone"] == "hub:%s" % module and facts["image_size"] == IMAGE_SIZE
     assert facts["layer_traces"] is True  # the HubLayer is not rebuilt from a config
+    # The module is one layer, fine-tuned whole: no frozen bottom, so phase 2 trained on the
+    # images the feature cache kept (decoded and through the Transform graph, float16).
+    history = json.loads(summary.with_name("history.json").read_text())
+    assert history["phase2"]["input"] == "cached images"
+    cache = facts["feature_cache"]
+    images = cache["train_examples"] + cache["eval_examples"]
+    assert cache["images"] == {
+        "dtype": "float16", "shape": [IMAGE_SIZE, IMAGE_SIZE, 3], "kept": True,
+        "megabytes": round(images * IMAGE_SIZE * IMAGE_SIZE * 3 * 2 / 2**20, 1)}
     pushed = next(p for p in (out / "serving" / "digits").iterdir() if p.name.isdigit())
     shutil.rmtree(module)
     served = tf.saved_model.load(str(pushed))
