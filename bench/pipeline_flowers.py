@@ -7,6 +7,8 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
 - `default`: every default;
 - `default_files`: every default but `--no-activation-cache` (phase 2 reads the image files
   every epoch and maps the Transform graph over them, as before the ninth session);
+- `half_files`: the defaults with the top half of the base's layers fine-tuned on augmented
+  images (`--fine-tune-fraction 0.5 --no-activation-cache`: the cross-validation's `half_10`);
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
   the model saved as the Trainer saves it (without the Transform signatures).
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
@@ -32,6 +34,7 @@ ARMS = {
     "seed_cache": ["--recipe", "seed"],
     "default": [],
     "default_files": ["--no-activation-cache"],
+    "half_files": ["--fine-tune-fraction", "0.5", "--no-activation-cache"],
 }
 
 
