@@ -38,8 +38,7 @@ def ms_per_image(data: bytes, copies: int = 8, repeats: int = 5) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / "flowers-dev"))
+    p.add_argument("--data", default=str(common.FLOWERS))
     args = p.parse_args()
     photos = sorted(Path(args.data).glob("*/*.jpg"))
     if not photos:

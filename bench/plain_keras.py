@@ -38,10 +38,7 @@ def make_ds(files, backbone, cfg, batch, training):
                                                                cfg.input_size())),
                    f[cfg.label_key]),
         num_parallel_calls=tf.data.AUTOTUNE)
-    if training and cfg.augment:
-        ds = ds.map(lambda x, y: (dataset.augment(x, backbone.value_range, cfg.seed), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.finish(ds)
+    return dataset.finish(dataset.augmented(ds, training, cfg, backbone.value_range))
 
 
 def main() -> int:

@@ -83,10 +83,7 @@ def make_dataset(file_patterns, tf_transform_output, cfg: TrainingConfig, batch_
         return out[transform.IMAGE_XF], tf.reshape(features[label_key], [-1])
 
     ds = ds.map(apply_transform, num_parallel_calls=AUTOTUNE)
-    if training and cfg.augment:
-        ds = ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
-                    num_parallel_calls=AUTOTUNE)
-    return finish(ds)
+    return finish(augmented(ds, training, cfg, value_range))
 
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
@@ -108,10 +105,17 @@ def from_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int, trainin
         return tf.cast(batch, tf.float32), tf.gather(labels, rows)
 
     ds = ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE)
-    if training and cfg.augment:
-        ds = ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
-                    num_parallel_calls=AUTOTUNE)
-    return finish(ds)
+    return finish(augmented(ds, training, cfg, value_range))
+
+
+def augmented(ds: tf.data.Dataset, training: bool, cfg: TrainingConfig,
+              value_range=(0.0, 255.0)) -> tf.data.Dataset:
+    """Batches of (image, label) with `augment` applied to the images when training with
+    cfg.augment; otherwise `ds` itself."""
+    if not (training and cfg.augment):
+        return ds
+    return ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
+                  num_parallel_calls=AUTOTUNE)
 
 
 def finish(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -107,11 +107,18 @@ class Cache:
         self.split = split if self.train_in is not None else None
         self.boundary = split.layer if split is not None else None
         self.kind = "activations" if split is not None else "images" if images else None
-        self.phase2_input = None if self.train_in is None else \
-            "activations of %s" % split.layer if split is not None else "cached images"
         self.traces = forward.experimental_get_tracing_count()
         self.views = 2 if flip else 1
         self.seconds = time.time() - start
+
+    @property
+    def phase2_input(self) -> str | None:
+        """What phase 2 can train on from the cache (history.json's `phase2.input`), None
+        when nothing is kept."""
+        if self.train_in is None:
+            return None
+        return "activations of %s" % self.boundary if self.kind == "activations" \
+            else "cached images"
 
     @property
     def train_examples(self) -> int:
