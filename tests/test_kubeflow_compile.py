@@ -73,6 +73,7 @@ def test_image_command_and_beam_args(compiled):
         assert c["command"][:2] == ["python", "-m"]
         assert "--direct_running_mode=multi_processing" in c["args"]
         assert "--direct_num_workers=0" in c["args"]
+        assert "--sdk_container_image=" + IMAGE in c["args"]
 
 
 def test_module_files_are_container_paths(compiled):
@@ -135,6 +136,7 @@ def test_flags_change_gpus_project_dir_and_params(tmp_path):
                                                    "count": "2"}
     assert "--runner=DirectRunner" in trainer["args"]
     assert "--direct_running_mode=multi_processing" not in trainer["args"]
+    assert not any(a.startswith("--sdk_container_image") for a in trainer["args"])
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["Trainer"]["inputs"]["parameters"]["module_file"]["runtimeValue"][
         "constant"] == "/opt/graft/components/trainer.py"

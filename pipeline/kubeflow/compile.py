@@ -62,7 +62,8 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-args", default=None,
                    help="Beam flags as one string, e.g. --beam-args='--runner=DataflowRunner "
                    "--project=P --region=R --temp_location=gs://B/tmp' (default: DirectRunner, "
-                   "--direct_running_mode=multi_processing --direct_num_workers=0)")
+                   "--direct_running_mode=multi_processing --direct_num_workers=0 "
+                   "--sdk_container_image=IMAGE)")
     configs.add_config_arguments(p, exclude=LOCAL_ONLY_FLAGS)
 
 
@@ -132,8 +133,11 @@ def compile_spec(args) -> dict:
 
     cfg = build_config(args)
     # A cluster pod has its own cores: Beam's DirectRunner uses one worker process per core.
+    # --sdk_container_image: the image holds TFX, so TFX's Beam executors build no sdist of
+    # it (2 s a component; pipeline/runners/tfx_sdist.py). The DirectRunner ignores the flag.
     beam_args = shlex.split(args.beam_args) if args.beam_args is not None else \
-        dataclasses.replace(cfg, beam_mode="multi_processing").beam_args()
+        dataclasses.replace(cfg, beam_mode="multi_processing").beam_args() + [
+            "--sdk_container_image=" + args.image]
     pipeline = build_pipeline(cfg, args, beam_args)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(

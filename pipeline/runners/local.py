@@ -76,16 +76,19 @@ def prepare_data(data: str, output_dir: str) -> tuple[str, bool]:
 
 def run(config: configs.PipelineConfig) -> None:
     """Compile and run the pipeline in this process (Transform/Trainer by import path: no
-    user-code wheel is built or pip-installed; code_version keys their cache)."""
+    user-code wheel is built or pip-installed; code_version keys their cache; no TFX source
+    package is built for the DirectRunner: tfx_sdist)."""
     from tfx import v1 as tfx
 
     from pipeline.pipeline import create_pipeline
+    from pipeline.runners import tfx_sdist
     os.makedirs(config.output_dir, exist_ok=True)
     pipeline = create_pipeline(
         config, beam_pipeline_args=config.beam_args(),
         metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path), module_files=False)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    with tfx_sdist.skipped_for_direct_runner():
+        tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
 def main(args) -> int:
