@@ -7,7 +7,8 @@ The model is a SavedModel the pipeline pushed (default: the flowers-dev Lite0 th
 `python -m bench.pipeline_flowers` pushes, /tmp/graft-bench-pipeline/default/serving/graft/*),
 the data its TFRecords (`graft make-tfrecords` output: span-N/{train,eval}, labels.txt).
 Each format is converted the way TFLiteExport converts (components/custom/tflite.py: uint8 in,
-the backbone's preprocessing inside; int8 calibrated on 150 training images) and evaluated on
+the backbone's preprocessing inside; int8 calibrated on --representative training images,
+default TFLiteExport's REPRESENTATIVE_COUNT) and evaluated on
 the eval split against the SavedModel's `serving_default` on the same images (decode + resize
 by the Transform's ops, rounded to uint8 for TFLite).
 
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--formats", default="float32,float16,int8")
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--representative", type=int, default=150)
+    p.add_argument("--representative", type=int, default=None,
+                   help="int8 calibration images (default: TFLiteExport's)")
     p.add_argument("--out", default="tflite.json")
     p.add_argument("--keep", default="", metavar="DIR",
                    help="keep the converted FORMAT.tflite files in DIR")
@@ -128,6 +130,9 @@ def main(argv=None) -> int:
     from components.custom import tflite
 
     cfg = _config(args)
+    if args.representative is None:
+        from components.custom.tflite_export import REPRESENTATIVE_COUNT
+        args.representative = REPRESENTATIVE_COUNT
     size = cfg.input_size()
     backbone = registry.get_backbone(cfg.backbone)
     eval_files = _span_files(args.data, "eval")
