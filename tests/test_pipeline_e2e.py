@@ -64,12 +64,22 @@ def runs(tmp_path_factory):
     results = {"out": out, "serving": serving, "data": Path(data)}
     results["first"] = graft(*args, "--min-accuracy", 0.4)
     results["versions_after_first"] = sorted(os.listdir(serving / "digits"))
+    results["report_first"] = (out / "report.html").read_text()
+    results["cache_first"] = _cache_files(out)
     results["second"] = graft(*args, "--min-accuracy", 0.4)
     results["states_second"] = _states(out)
+    results["report_second"] = (out / "report.html").read_text()
+    results["cache_second"] = _cache_files(out)
     results["versions_after_second"] = sorted(os.listdir(serving / "digits"))
     results["floor"] = graft(*args, "--min-accuracy", 1.01)
     results["states_floor"] = _states(out)
     return results
+
+
+def _cache_files(out: Path) -> dict:
+    """{name: mtime_ns} of the report's cached results."""
+    from pipeline.reporting import memo
+    return {p.name: p.stat().st_mtime_ns for p in (out / memo.CACHE_DIR).iterdir()}
 
 
 def _states(out: Path) -> dict:
@@ -175,6 +185,29 @@ def test_identical_rerun_is_fully_cached_and_pushes_nothing(runs):
     assert "Evaluator" in states and "VersionedPusher" in states, states
     assert "push: nothing new (inputs unchanged" in runs["second"].stdout, runs["second"].stdout
     assert _numeric(runs["versions_after_second"]) == _numeric(runs["versions_after_first"])
+
+
+def test_identical_rerun_reuses_the_error_analysis_and_the_pixel_baseline(runs):
+    """The report's costly results (pipeline/reporting/memo.py): computed by the first run,
+    reused by the identical rerun, with the same findings; the floor run's report analyses the
+    Trainer's model (nothing pushed), a different model: computed afresh."""
+    import re
+    pattern = r"(\d+ of \d+ test images misclassified by the \w+ model)[^;]*; [\d.]+ s([^<]*)<"
+    first = re.search(pattern, runs["report_first"])
+    second = re.search(pattern, runs["report_second"])
+    assert first and second
+    assert first.group(2) == "."
+    assert second.group(1) == first.group(1)
+    assert second.group(2) == ", reused from an earlier run on the same model and images."
+    floor = re.search(pattern, (runs["out"] / "report.html").read_text())
+    assert "by the trained model" in floor.group(1) and floor.group(2) == "."
+    baseline = "pixel baseline: logistic regression"
+    line = [ln for ln in runs["first"].stdout.splitlines() if baseline in ln]
+    assert line and line == [ln for ln in runs["second"].stdout.splitlines() if baseline in ln]
+    # Neither result was written again by the rerun (same files, same modification times).
+    assert sorted(n.split("-")[0] for n in runs["cache_first"]) == ["error_analysis",
+                                                                   "pixel_baseline"]
+    assert runs["cache_second"] == runs["cache_first"]
 
 
 def test_floor_above_one_blocks_the_push(runs):

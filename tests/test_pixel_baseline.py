@@ -2,6 +2,7 @@
 raw pixels, fitted on a run's train split and scored on the split the Evaluator gates on."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline import configs
@@ -15,9 +16,10 @@ def test_scores_the_gating_split_of_the_span(tmp_path: Path):
                               log=lambda *_: None)
     counts = {split: sum(_records(f) for f in (Path(data) / "span-1" / split).iterdir())
               for split in ("train", "test")}
-    config = configs.PipelineConfig(data_dir=data)
+    config = configs.PipelineConfig(data_dir=data, output_dir=str(tmp_path / "out"))
     assert config.gate_split == "test"
     result = pixel_baseline.for_run(config, 1)
+    assert "reused" not in result
     assert (result["train"], result["eval"]) == (counts["train"], counts["test"])
     assert result["eval"] >= 3
     assert result["split"] == "test" and result["size"] == 32
@@ -26,6 +28,14 @@ def test_scores_the_gating_split_of_the_span(tmp_path: Path):
     line = pixel_baseline.summary_line(result, 0.5)
     assert "test accuracy %.4f" % result["accuracy"] in line
     assert "%+.1f points" % (100 * (0.5 - result["accuracy"])) in line
+    # A rerun on the same files reuses the fit; a rewritten training file is fitted again.
+    again = pixel_baseline.for_run(config, 1)
+    assert again.pop("reused") is True and again == result
+    train_file = next((Path(data) / "span-1" / "train").iterdir())
+    content = train_file.read_bytes()
+    train_file.write_bytes(content)
+    os.utime(train_file, ns=(1, 1))
+    assert "reused" not in pixel_baseline.for_run(config, 1)
 
 
 def _records(path: Path) -> int:

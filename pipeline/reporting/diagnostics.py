@@ -17,7 +17,8 @@ errors in the training data, and over-fitting.
   class, probabilities), the most frequent (true, predicted) pairs, and the training images
   whose given label gets less than LABEL_ERROR_PROBABILITY (possible label errors).
   Cost bound: at most MAX_SCORED images per split (the first ones in file order; the report
-  says when a split was cut) and one model load; the section prints its seconds. Measured
+  says when a split was cut) and one model load; the section prints its seconds. A rerun
+  with the same model and examples reuses the result (pipeline/reporting/memo.py). Measured
   only under heavy load so far (2 cores, load average 20, where the same run's Trainer took
   525 s): 322 s for the end-to-end test's 72 digits images with the model loaded twice, 10 s
   in its next run with one load; not measured on flowers-dev.
@@ -30,6 +31,7 @@ import base64
 import glob
 import io
 import os
+import sys
 import time
 
 IMBALANCE_RATIO = 3.0
@@ -223,10 +225,20 @@ def error_analysis(store, executions: dict, config, push: dict) -> dict | None:
             if glob.glob(os.path.join(a.uri, "Split-*"))]
     split = "test" if split_files(uris, "test") else "eval"
     t = config.training
-    scored = read_examples(split_files(uris, split), t.image_key, t.label_key)
-    train = read_examples(split_files(uris, "train"), t.image_key, t.label_key)
-    return dict(analyse(model_dir, split, scored, train, list(t.label_names)),
-                model_source=source)
+    scored_files, train_files = split_files(uris, split), split_files(uris, "train")
+
+    def compute():
+        scored = read_examples(scored_files, t.image_key, t.label_key)
+        train = read_examples(train_files, t.image_key, t.label_key)
+        return analyse(model_dir, split, scored, train, list(t.label_names))
+
+    from pipeline.reporting import memo
+    key = {"model": memo.tree_identity(model_dir), "scored": memo.files_identity(scored_files),
+           "train": memo.files_identity(train_files), "split": split,
+           "keys": [t.image_key, t.label_key], "labels": list(t.label_names),
+           "code": memo.source_digest(sys.modules[__name__])}
+    return dict(memo.cached(config.output_dir, "error_analysis", key, compute),
+                model=model_dir, model_source=source)
 
 
 def collect(store, executions: dict, config, facts: dict) -> dict:

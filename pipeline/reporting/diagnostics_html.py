@@ -57,11 +57,13 @@ def error_section(f: dict) -> str:
         split = err["split"]
         parts.append('<p>%d of %d %s images misclassified by the %s model\'s '
                      '<code>serving_default</code> signature (raw image bytes in, as TF Serving '
-                     'runs it)%s; %.1f s.</p>'
+                     'runs it)%s; %.1f s%s.</p>'
                      % (err["wrong"], err["scored"], _e(split),
                         _e(err.get("model_source") or "trained"),
                         " (the first %d only)" % err["scored"] if err.get("truncated") else "",
-                        err.get("seconds") or 0))
+                        err.get("seconds") or 0,
+                        ", reused from an earlier run on the same model and images"
+                        if err.get("reused") else ""))
         pairs = err.get("confused_pairs") or []
         if pairs:
             rows = "".join('<tr class="confused"><td>%s</td><td>%s</td><td class="num">%d</td>'

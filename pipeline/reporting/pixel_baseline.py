@@ -7,7 +7,8 @@ is visible in the run, not asserted.
 Bounded cost: at most MAX_IMAGES images per split (the first in file order, which
 make-tfrecords orders by a hash of the file name); records that do not decode are skipped,
 as ImageCheck drops them. For the demo's 300 photos: 1 s to decode, 9 s to fit on a machine
-with a load average of 22 on its 2 cores (one BLAS thread).
+with a load average of 22 on its 2 cores (one BLAS thread). A rerun on the same files reuses
+the result (pipeline/reporting/memo.py).
 """
 from __future__ import annotations
 
@@ -81,10 +82,18 @@ def for_run(config, span) -> dict:
     """score() on the spans the run trained on (the last num_spans up to `span`), scored on
     the split the Evaluator gates on: `config.gate_split` where the config has one (a test
     split), else eval."""
+    import sys
+
+    from pipeline.reporting import memo
     spans = range(max(0, int(span) - config.num_spans + 1), int(span) + 1)
     split = getattr(config, "gate_split", "eval")
-    result = score(config.data_dir, config.train_pattern, getattr(config, split + "_pattern"),
-                   spans, config.training.image_key, config.training.label_key)
+    patterns = (config.train_pattern, getattr(config, split + "_pattern"))
+    t = config.training
+    key = {"files": [memo.files_identity(_split_files(config.data_dir, pattern, spans))
+                     for pattern in patterns],
+           "keys": [t.image_key, t.label_key], "code": memo.source_digest(sys.modules[__name__])}
+    result = memo.cached(config.output_dir, "pixel_baseline", key, lambda: score(
+        config.data_dir, *patterns, spans, t.image_key, t.label_key))
     return dict(result, split=split)
 
 

@@ -1,0 +1,53 @@
+"""pipeline/reporting/memo.py: the report's costly results are reused only for the same inputs."""
+import json
+import os
+
+from pipeline.reporting import memo
+
+
+class Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return {"value": self.calls}
+
+
+def test_same_key_reuses_a_changed_key_recomputes_one_file_per_name(tmp_path):
+    compute = Counter()
+    assert memo.cached(str(tmp_path), "x", {"k": 1}, compute) == {"value": 1}
+    assert memo.cached(str(tmp_path), "x", {"k": 1}, compute) == {"value": 1, "reused": True}
+    assert memo.cached(str(tmp_path), "x", {"k": 2}, compute) == {"value": 2}
+    assert compute.calls == 2
+    assert len(os.listdir(tmp_path / memo.CACHE_DIR)) == 1
+    memo.cached(str(tmp_path), "y", {"k": 1}, compute)
+    assert len(os.listdir(tmp_path / memo.CACHE_DIR)) == 2
+
+
+def test_corrupt_entry_is_recomputed_and_unwritable_cache_costs_nothing(tmp_path):
+    compute = Counter()
+    memo.cached(str(tmp_path), "x", {"k": 1}, compute)
+    [entry] = (tmp_path / memo.CACHE_DIR).iterdir()
+    entry.write_text("{not json")
+    assert memo.cached(str(tmp_path), "x", {"k": 1}, compute) == {"value": 2}
+    assert json.loads(entry.read_text()) == {"value": 2}
+    blocked = tmp_path / "file"
+    blocked.write_text("a regular file where the output directory should be")
+    assert memo.cached(str(blocked), "x", {"k": 1}, compute) == {"value": 3}
+
+
+def test_file_identity_changes_with_size_or_mtime(tmp_path):
+    f = tmp_path / "a"
+    f.write_bytes(b"12")
+    first = memo.files_identity([str(f)])
+    os.utime(f, ns=(1, 1))
+    second = memo.files_identity([str(f)])
+    f.write_bytes(b"123")
+    os.utime(f, ns=(1, 1))
+    assert len({json.dumps(x) for x in (first, second, memo.files_identity([str(f)]))}) == 3
+    assert memo.files_identity([str(tmp_path / "missing")]) == [[str(tmp_path / "missing")]]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"x")
+    assert [p for p, *_ in memo.tree_identity(str(tmp_path / "d"))] == [
+        str(tmp_path / "d" / "b")]
