@@ -6,10 +6,10 @@ flag already names the workers' dependencies (--extra_package, --setup_file,
 --requirements_file, --sdk_container_image...), that copies TFX's installed source into a new
 `tempfile.mkdtemp()` directory and runs `setup.py sdist` in a subprocess, so that a remote
 runner (Dataflow, Flink) could pip-install TFX. The directory is never deleted. Measured here:
-2.0 s and 49 MB of /tmp per Beam component, five per `graft run`, ~16 GB per test-suite run:
-the disk filled up and the suite failed with ENOSPC. The DirectRunner's workers are this
-machine's Python (in_memory: this process; multi_processing: `sys.executable` subprocesses), so
-the package would never be installed anywhere: `graft run` skips building it.
+2.0 s and 49 MB of /tmp per Beam component per run; a development machine's /tmp held 72 GB
+of them and a CI run failed with ENOSPC. The DirectRunner's workers are this machine's Python
+(in_memory: this process; multi_processing: `sys.executable` subprocesses), so the package
+would never be installed anywhere: `graft run` skips building it.
 """
 from __future__ import annotations
 
