@@ -3,11 +3,12 @@
 The error analysis (the served model on the test and training images) and the pixel baseline
 (a logistic regression fitted on the raw pixels) were recomputed by every `graft run`,
 although for a rerun with every component cached nothing they read had changed: a no-op
-rerun of flowers-dev took 17.4 s, 9.0-9.3 s with this cache (quiet 2-core machine). `cached()` keeps each result as OUTPUT/.report-cache/NAME-DIGEST.json, the
-digest over a key of the inputs' identities (path, size and modification time of every file
-read: a rewritten file is a new key without reading it) and the source of the module that
-computes it (a new graft computes afresh). One file per NAME is kept. The cache can only cost
-the recomputation: an unreadable entry is recomputed, a failed write is ignored.
+rerun of flowers-dev took 17.4 s, 9.0-9.3 s with this cache (quiet 2-core machine).
+`cached()` keeps each result as OUTPUT/.report-cache/NAME-DIGEST.json, the digest over a key
+of the inputs' identities (path, size and modification time of every file read: a rewritten
+file is a new key without reading it) and the source of the module that computes it (a new
+graft computes afresh). One file per NAME is kept. The cache can only cost the
+recomputation: an unreadable entry is recomputed, a failed write is ignored.
 """
 from __future__ import annotations
 
