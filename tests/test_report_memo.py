@@ -51,3 +51,11 @@ def test_file_identity_changes_with_size_or_mtime(tmp_path):
     (tmp_path / "d" / "b").write_bytes(b"x")
     assert [p for p, *_ in memo.tree_identity(str(tmp_path / "d"))] == [
         str(tmp_path / "d" / "b")]
+
+
+def test_source_digest_follows_the_code(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("X = 1\n")
+    first = memo.source_digest(str(module))
+    module.write_text("X = 2\n")
+    assert memo.source_digest(str(module)) != first

@@ -31,7 +31,6 @@ import base64
 import glob
 import io
 import os
-import sys
 import time
 
 IMBALANCE_RATIO = 3.0
@@ -236,7 +235,7 @@ def error_analysis(store, executions: dict, config, push: dict) -> dict | None:
     key = {"model": memo.tree_identity(model_dir), "scored": memo.files_identity(scored_files),
            "train": memo.files_identity(train_files), "split": split,
            "keys": [t.image_key, t.label_key], "labels": list(t.label_names),
-           "code": memo.source_digest(sys.modules[__name__])}
+           "code": memo.source_digest(__file__)}
     return dict(memo.cached(config.output_dir, "error_analysis", key, compute),
                 model=model_dir, model_source=source)
 

@@ -39,8 +39,9 @@ def tree_identity(directory: str) -> list:
                           for name in names)
 
 
-def source_digest(module) -> str:
-    with open(module.__file__, "rb") as f:
+def source_digest(path: str) -> str:
+    """Digest of a source file (a module's __file__): part of a key, so new code recomputes."""
+    with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 

@@ -82,8 +82,6 @@ def for_run(config, span) -> dict:
     """score() on the spans the run trained on (the last num_spans up to `span`), scored on
     the split the Evaluator gates on: `config.gate_split` where the config has one (a test
     split), else eval."""
-    import sys
-
     from pipeline.reporting import memo
     spans = range(max(0, int(span) - config.num_spans + 1), int(span) + 1)
     split = getattr(config, "gate_split", "eval")
@@ -91,7 +89,7 @@ def for_run(config, span) -> dict:
     t = config.training
     key = {"files": [memo.files_identity(_split_files(config.data_dir, pattern, spans))
                      for pattern in patterns],
-           "keys": [t.image_key, t.label_key], "code": memo.source_digest(sys.modules[__name__])}
+           "keys": [t.image_key, t.label_key], "code": memo.source_digest(__file__)}
     result = memo.cached(config.output_dir, "pixel_baseline", key, lambda: score(
         config.data_dir, *patterns, spans, t.image_key, t.label_key))
     return dict(result, split=split)
