@@ -34,10 +34,6 @@ def _newest(pattern: str) -> str:
     return found[-1]
 
 
-def _files(examples: str, split: str) -> list:
-    return sorted(glob.glob(os.path.join(examples, "Split-%s" % split, "*")))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a graft run's output directory")
@@ -57,6 +53,7 @@ def main(argv=None) -> int:
     from components.custom import tflite
     from components.training_config import TrainingConfig
     from pipeline import configs
+    from pipeline.reporting.diagnostics import score, split_files
 
     model_dir = os.path.dirname(_newest(os.path.join(args.run, "serving", "*", "[0-9]*",
                                                      "saved_model.pb")))
@@ -68,15 +65,14 @@ def main(argv=None) -> int:
     size = cfg.input_size()
     backbone = registry.get_backbone(cfg.backbone)
     scored = [e for split in ("eval", "test") for e in tflite.iter_examples(
-        _files(examples, split), cfg.image_key, cfg.label_key)]
+        split_files([examples], split), cfg.image_key, cfg.label_key)]
     y = np.asarray([label for _, label in scored])
     images = tflite.decode_uint8([b for b, _ in scored], size)
     model = tf.saved_model.load(model_dir)
-    serve = model.signatures["serving_default"]
-    sm = np.concatenate([serve(image_bytes=tf.constant([b for b, _ in scored[i:i + 32]]))
-                         ["probabilities"].numpy() for i in range(0, len(scored), 32)])
+    sm = score(model.signatures["serving_default"], [b for b, _ in scored])
     sm_top = sm.argmax(-1)
-    train = list(tflite.iter_examples(_files(examples, "train"), cfg.image_key, cfg.label_key))
+    train = list(tflite.iter_examples(split_files([examples], "train"), cfg.image_key,
+                                      cfg.label_key))
     rows = []
     for count in [int(c) for c in args.counts.split(",")]:
         for seed in range(args.seeds):

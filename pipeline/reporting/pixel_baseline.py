@@ -61,14 +61,14 @@ def load(files: list[str], image_key: str, label_key: str, limit: int = MAX_IMAG
     return np.asarray(xs, dtype=np.float32).reshape(-1, SIZE * SIZE * 3), np.asarray(ys)
 
 
-def score(data_dir: str, train_pattern: str, eval_pattern: str, spans, image_key: str,
-          label_key: str) -> dict:
-    """{"accuracy", "train", "eval", "seconds"} of the logistic regression."""
+def score(train_files: list[str], eval_files: list[str], image_key: str, label_key: str) -> dict:
+    """{"accuracy", "train", "eval", "seconds"} of the logistic regression fitted on the
+    records of train_files, scored on those of eval_files."""
     from sklearn.linear_model import LogisticRegression
 
     start = time.time()
-    x_train, y_train = load(_split_files(data_dir, train_pattern, spans), image_key, label_key)
-    x_eval, y_eval = load(_split_files(data_dir, eval_pattern, spans), image_key, label_key)
+    x_train, y_train = load(train_files, image_key, label_key)
+    x_eval, y_eval = load(eval_files, image_key, label_key)
     if len(set(y_train.tolist())) < 2 or not len(y_eval):
         raise ValueError("too few decodable images for the pixel baseline")
     from threadpoolctl import threadpool_limits
@@ -85,13 +85,13 @@ def for_run(config, span) -> dict:
     from pipeline.reporting import memo
     spans = range(max(0, int(span) - config.num_spans + 1), int(span) + 1)
     split = getattr(config, "gate_split", "eval")
-    patterns = (config.train_pattern, getattr(config, split + "_pattern"))
+    files = [_split_files(config.data_dir, pattern, spans)
+             for pattern in (config.train_pattern, getattr(config, split + "_pattern"))]
     t = config.training
-    key = {"files": [memo.files_identity(_split_files(config.data_dir, pattern, spans))
-                     for pattern in patterns],
+    key = {"files": [memo.files_identity(f) for f in files],
            "keys": [t.image_key, t.label_key], "code": memo.source_digest(__file__)}
-    result = memo.cached(config.output_dir, "pixel_baseline", key, lambda: score(
-        config.data_dir, *patterns, spans, t.image_key, t.label_key))
+    result = memo.cached(config.output_dir, "pixel_baseline", key,
+                         lambda: score(*files, t.image_key, t.label_key))
     return dict(result, split=split)
 
 
