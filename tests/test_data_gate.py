@@ -6,12 +6,15 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, statistics_pb2
 from components.custom.data_gate import problems_in_split
 
 
-def _stats(n=10, image_present=10, label_min=0, label_max=2, with_image=True):
+def _stats(n=10, image_present=10, label_min=0, label_max=2, with_image=True,
+           image_stats="bytes_stats"):
+    """image_stats: bytes_stats as StatisticsGen writes them with pipeline.statistics_options,
+    string_stats as TFDV writes them without."""
     s = statistics_pb2.DatasetFeatureStatistics(num_examples=n)
     if with_image:
         f = s.features.add()
         f.path.step.append("image")
-        f.string_stats.common_stats.num_non_missing = image_present
+        getattr(f, image_stats).common_stats.num_non_missing = image_present
     f = s.features.add()
     f.path.step.append("label")
     f.num_stats.common_stats.num_non_missing = n
@@ -32,9 +35,10 @@ def test_label_outside_vocabulary_is_named():
 
 
 def test_missing_image_bytes_and_empty_split():
-    p = problems_in_split("train", _stats(image_present=7), anomalies_pb2.Anomalies(), "image",
-                          "label", 3)
-    assert p == ["train: 3 of 10 examples have no image bytes under 'image'"]
+    for kind in ("bytes_stats", "string_stats"):
+        p = problems_in_split("train", _stats(image_present=7, image_stats=kind),
+                              anomalies_pb2.Anomalies(), "image", "label", 3)
+        assert p == ["train: 3 of 10 examples have no image bytes under 'image'"], kind
     p = problems_in_split("train", _stats(n=0), anomalies_pb2.Anomalies(), "image", "label", 3)
     assert p == ["train: the split is empty"]
 

@@ -43,7 +43,9 @@ def problems_in_split(split: str, stats, anomalies, image_key: str, label_key: s
         problems.append("%s: no feature '%s' (the image bytes); features present: %s; set "
                         "--image-key" % (split, image_key, names))
     else:
-        common = image.string_stats.common_stats
+        # bytes_stats: StatisticsGen's options declare the image feature BYTES
+        # (pipeline.statistics_options); string_stats without them.
+        common = getattr(image, image.WhichOneof("stats") or "bytes_stats").common_stats
         missing = n - common.num_non_missing
         if missing > 0:
             problems.append("%s: %d of %d examples have no image bytes under '%s'"
