@@ -188,19 +188,21 @@ def test_identical_rerun_is_fully_cached_and_pushes_nothing(runs):
 
 
 def test_identical_rerun_reuses_the_error_analysis_and_the_pixel_baseline(runs):
-    """The report's costly results (pipeline/reporting/memo.py): computed by the first run,
-    reused by the identical rerun, with the same findings; the floor run's report analyses the
-    Trainer's model (nothing pushed), a different model: computed afresh."""
+    """The report's costly results (pipeline/reporting/memo.py): computed during the first
+    run by its helper process (pipeline/runners/report_prefetch.py), reused by the identical
+    rerun, with the same findings; the floor run's report analyses the Trainer's model
+    (nothing pushed), a different model: computed afresh, also during the run."""
     import re
     pattern = r"(\d+ of \d+ test images misclassified by the \w+ model)[^;]*; [\d.]+ s([^<]*)<"
     first = re.search(pattern, runs["report_first"])
     second = re.search(pattern, runs["report_second"])
     assert first and second
-    assert first.group(2) == "."
+    assert first.group(2) == ", computed while the pipeline ran."
     assert second.group(1) == first.group(1)
     assert second.group(2) == ", reused from an earlier run on the same model and images."
     floor = re.search(pattern, (runs["out"] / "report.html").read_text())
-    assert "by the trained model" in floor.group(1) and floor.group(2) == "."
+    assert "by the trained model" in floor.group(1)
+    assert floor.group(2) == ", computed while the pipeline ran."
     baseline = "pixel baseline: logistic regression"
     line = [ln for ln in runs["first"].stdout.splitlines() if baseline in ln]
     assert line and line == [ln for ln in runs["second"].stdout.splitlines() if baseline in ln]
@@ -392,3 +394,18 @@ def test_report_gallery_holds_images_the_served_model_gets_wrong(runs):
         assert label_names[int(p.argmax())] == predicted != true
         assert label_names[records[filename][1]] == true
         assert abs(float(probability) - p.max()) < 2e-3
+
+
+def test_statistics_report_the_image_feature_as_bytes(runs):
+    """StatisticsGen runs with pipeline.statistics_options: the image feature gets bytes_stats
+    (presence and sizes), no top-k of encoded images; the label keeps its numeric stats."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+    [stats_file] = (runs["out"] / "pipeline_root" / "StatisticsGen" / "statistics").glob(
+        "*/Split-train/FeatureStats.pb")
+    stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(stats_file.read_bytes())
+    features = {f.path.step[0]: f for f in stats.datasets[0].features}
+    image = features["image"]
+    assert image.WhichOneof("stats") == "bytes_stats"
+    assert image.bytes_stats.common_stats.num_non_missing == stats.datasets[0].num_examples > 0
+    assert image.bytes_stats.min_num_bytes > 100  # PNG digits, not placeholders
+    assert features["label"].WhichOneof("stats") == "num_stats"

@@ -25,13 +25,28 @@ def test_same_key_reuses_a_changed_key_recomputes_one_file_per_name(tmp_path):
     assert len(os.listdir(tmp_path / memo.CACHE_DIR)) == 2
 
 
+def test_an_entry_computed_since_the_run_started_is_the_runs_own(tmp_path):
+    """report_prefetch's helper computes a section during the run: the report then finds it
+    `precomputed`, not `reused`; an entry from before the run's start is reused."""
+    import time
+    compute = Counter()
+    before = time.time()
+    memo.cached(str(tmp_path), "x", {"k": 1}, compute)
+    after = time.time() + 1
+    assert memo.cached(str(tmp_path), "x", {"k": 1}, compute, fresh_since=before) == {
+        "value": 1, "precomputed": True}
+    assert memo.cached(str(tmp_path), "x", {"k": 1}, compute, fresh_since=after) == {
+        "value": 1, "reused": True}
+    assert compute.calls == 1
+
+
 def test_corrupt_entry_is_recomputed_and_unwritable_cache_costs_nothing(tmp_path):
     compute = Counter()
     memo.cached(str(tmp_path), "x", {"k": 1}, compute)
     [entry] = (tmp_path / memo.CACHE_DIR).iterdir()
     entry.write_text("{not json")
     assert memo.cached(str(tmp_path), "x", {"k": 1}, compute) == {"value": 2}
-    assert json.loads(entry.read_text()) == {"value": 2}
+    assert json.loads(entry.read_text())["result"] == {"value": 2}
     blocked = tmp_path / "file"
     blocked.write_text("a regular file where the output directory should be")
     assert memo.cached(str(blocked), "x", {"k": 1}, compute) == {"value": 3}

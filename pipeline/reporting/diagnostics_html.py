@@ -63,7 +63,8 @@ def error_section(f: dict) -> str:
                         " (the first %d only)" % err["scored"] if err.get("truncated") else "",
                         err.get("seconds") or 0,
                         ", reused from an earlier run on the same model and images"
-                        if err.get("reused") else ""))
+                        if err.get("reused") else
+                        ", computed while the pipeline ran" if err.get("precomputed") else ""))
         pairs = err.get("confused_pairs") or []
         if pairs:
             rows = "".join('<tr class="confused"><td>%s</td><td>%s</td><td class="num">%d</td>'

@@ -434,6 +434,6 @@ def collect(config, seconds: float, failed: BaseException | None = None,
                                          facts["training"])
     facts["push"] = outcome.get("push") or {}
     facts["diagnostics"] = section("diagnostics", lambda: diagnostics.collect(
-        store, executions, config, facts))
+        store, executions, config, facts, since))
     facts["exports"] = section("exports", lambda: export_facts(store, executions)) or []
     return facts

@@ -9,6 +9,10 @@ of the inputs' identities (path, size and modification time of every file read: 
 file is a new key without reading it) and the source of the module that computes it (a new
 graft computes afresh). One file per NAME is kept. The cache can only cost the
 recomputation: an unreadable entry is recomputed, a failed write is ignored.
+Each entry records when it was computed: `graft run` computes both results in a helper
+process while the pipeline still runs (pipeline/runners/report_prefetch.py), and an entry
+computed since the run started is this run's own result (`precomputed: True`), not one
+reused from an earlier run (`reused: True`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 
 CACHE_DIR = ".report-cache"
 
@@ -45,23 +50,26 @@ def source_digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def cached(output_dir: str, name: str, key, compute) -> dict:
-    """compute()'s dict, or the stored one computed from the same key (then with
-    `reused: True`)."""
+def cached(output_dir: str, name: str, key, compute, fresh_since: float | None = None) -> dict:
+    """compute()'s dict, or the stored one computed from the same key: then with
+    `precomputed: True` when it was computed at or after `fresh_since` (a time.time() value:
+    the run's start), else with `reused: True`."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     directory = os.path.join(output_dir, CACHE_DIR)
     path = os.path.join(directory, "%s-%s.json" % (name, digest[:20]))
     try:
         with open(path) as f:
-            return dict(json.load(f), reused=True)
-    except (OSError, ValueError):
+            entry = json.load(f)
+        fresh = fresh_since is not None and float(entry["computed_at"]) >= fresh_since
+        return dict(entry["result"], **({"precomputed": True} if fresh else {"reused": True}))
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     result = compute()
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s-" % name)
         with os.fdopen(fd, "w") as f:
-            json.dump(result, f)
+            json.dump({"computed_at": time.time(), "result": result}, f)
         os.replace(tmp, path)
         for old in glob.glob(os.path.join(directory, "%s-*.json" % name)):
             if old != path:

@@ -78,10 +78,10 @@ def score(train_files: list[str], eval_files: list[str], image_key: str, label_k
             "eval": int(len(y_eval)), "size": SIZE, "seconds": round(time.time() - start, 2)}
 
 
-def for_run(config, span) -> dict:
+def for_run(config, span, since: float | None = None) -> dict:
     """score() on the spans the run trained on (the last num_spans up to `span`), scored on
     the split the Evaluator gates on: `config.gate_split` where the config has one (a test
-    split), else eval."""
+    split), else eval. since: the run's start (memo.cached's fresh_since)."""
     from pipeline.reporting import memo
     spans = range(max(0, int(span) - config.num_spans + 1), int(span) + 1)
     split = getattr(config, "gate_split", "eval")
@@ -91,7 +91,7 @@ def for_run(config, span) -> dict:
     key = {"files": [memo.files_identity(f) for f in files],
            "keys": [t.image_key, t.label_key], "code": memo.source_digest(__file__)}
     result = memo.cached(config.output_dir, "pixel_baseline", key,
-                         lambda: score(*files, t.image_key, t.label_key))
+                         lambda: score(*files, t.image_key, t.label_key), since)
     return dict(result, split=split)
 
 

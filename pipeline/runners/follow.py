@@ -10,7 +10,9 @@ from its output artifacts:
     ImageCheck        complete    3 s  300 images checked (train 240, eval 60), 0 dropped
 
 Only public ML Metadata queries (pipeline/reporting/mlmd.py), no TFX internals. Resolver nodes
-(span window, latest blessed model) are queries, not components: not shown.
+(span window, latest blessed model) are queries, not components: not shown. `on_finish` hears
+of every finished component after its line (pipeline/runners/report_prefetch.py starts the
+report's work with it).
 """
 from __future__ import annotations
 
@@ -122,10 +124,12 @@ def finish_line(node: str, state: str, seconds: float, text: str) -> str:
 class Follower:
     """Polls ML Metadata in a thread; say(line) prints. stop() makes a last poll."""
 
-    def __init__(self, metadata_path: str, since: float, say, interval: float = 1.0):
+    def __init__(self, metadata_path: str, since: float, say, interval: float = 1.0,
+                 on_finish=None):
         self.metadata_path = metadata_path
         self.since = since
         self.say = say
+        self.on_finish = on_finish  # on_finish(node, state, store, execution), after its line
         self.interval = interval
         self.started, self.finished = set(), set()
         self._store = None
@@ -176,6 +180,8 @@ class Follower:
                 seconds = max(0.0, (e.last_update_time_since_epoch
                                     - e.create_time_since_epoch) / 1000.0)
                 self.say(finish_line(node, state, seconds, fact(self._store, node, e)))
+                if self.on_finish is not None:
+                    self.on_finish(node, state, self._store, e)
             elif (state == "RUNNING" and node not in self.started
                   and now - e.create_time_since_epoch / 1000.0 >= START_AFTER):
                 self.started.add(node)

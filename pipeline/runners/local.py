@@ -3,7 +3,8 @@
 The runner owns the paths (output dir, pipeline root, SQLite ML Metadata, serving dir),
 prepares the input data (the demo photos shipped with graft, class folders, or image
 TFRecords), runs create_pipeline() and prints a summary read back from ML Metadata, then writes
-OUTPUT/report.html (pipeline/reporting/), failed runs included.
+OUTPUT/report.html (pipeline/reporting/), failed runs included. The report's costly sections
+are computed by a helper process while the pipeline runs (pipeline/runners/report_prefetch.py).
 
 What the user sees (pipeline/console.py): one line per component as it starts and finishes
 (pipeline/runners/follow.py), the Trainer's progress (components/progress.py) and the summary,
@@ -98,7 +99,7 @@ def main(args) -> int:
 
 
 def _main(args, output: str) -> int:
-    from pipeline.runners import follow
+    from pipeline.runners import follow, report_prefetch
     start = time.time()
     try:
         data_dir, demo = prepare_data(args.data, output)
@@ -124,17 +125,23 @@ def _main(args, output: str) -> int:
     if gate_note:
         console.say("graft run: %s" % gate_note)
     failed = None
-    follower = follow.Follower(config.metadata_path, start, console.say).start()
+    prefetch = report_prefetch.Prefetch(config).start()
+    follower = follow.Follower(config.metadata_path, start, console.say,
+                               on_finish=prefetch.on_finish).start()
     try:
         run(config)
     except Exception as e:  # the summary still says which components finished
         failed = e
+    except BaseException:  # e.g. Ctrl-C: no report work to wait for
+        prefetch.stop()
+        raise
     finally:
         follower.stop()
+    prefetch.wait()
     return finish(config, start, failed)
 
 
-def _pixel_baseline(config, run_facts: dict) -> None:
+def _pixel_baseline(config, run_facts: dict, since: float) -> None:
     """run_facts["pixel_baseline"]: the logistic regression on raw pixels of the same split,
     for a run that has an eval accuracy to compare with."""
     from pipeline.reporting import pixel_baseline
@@ -143,7 +150,7 @@ def _pixel_baseline(config, run_facts: dict) -> None:
             or run_facts["evaluation"].get("accuracy") is None:
         return
     try:
-        run_facts["pixel_baseline"] = pixel_baseline.for_run(config, span)
+        run_facts["pixel_baseline"] = pixel_baseline.for_run(config, span, since)
     except Exception as e:  # noqa: BLE001 - a yardstick must not fail a finished run
         run_facts["notes"].append("pixel baseline: not computed (%s)" % e)
 
@@ -154,7 +161,7 @@ def finish(config: configs.PipelineConfig, start: float, failed: Exception | Non
     run_facts = None
     try:
         run_facts = facts.collect(config, time.time() - start, failed, since=start)
-        _pixel_baseline(config, run_facts)
+        _pixel_baseline(config, run_facts, start)
         console.say(summary.format_summary(run_facts))
     except Exception as e:  # noqa: BLE001 - e.g. a full disk; the error line still comes
         console.say("graft run summary unavailable: %s" % errors.root_message(e))
