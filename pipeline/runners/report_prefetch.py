@@ -6,8 +6,10 @@ diagnostics.py) and the pixel baseline (pipeline/reporting/pixel_baseline.py). T
 exist well before the end: the pixel baseline needs only the span ImportExampleGen read, the
 error analysis the model VersionedPusher pushed. And one of the two cores idles meanwhile:
 graft's own start-up imports, Beam's in-memory components and TFLiteExport run mostly on one.
-So `graft run` starts a helper process (spawned; it imports TensorFlow while graft imports
-TFX), and the Follower's `on_finish` hands it each section as soon as its input exists:
+So `graft run` starts a helper process (`python -m pipeline.runners.report_prefetch`, a
+plain subprocess: it imports TensorFlow while graft imports TFX, and unlike a
+multiprocessing child it never re-runs the caller's main script), and the Follower's
+`on_finish` hands it each section as soon as its input exists:
 the pixel baseline when ImportExampleGen finishes, the error analysis when VersionedPusher
 does. The helper computes them exactly as the report would (the same functions, so the same
 report-cache key, pipeline/reporting/memo.py) and leaves them in the report cache; `finish()`
@@ -15,21 +17,41 @@ waits for it, then finds them there, marked `precomputed` (computed since the ru
 
 The helper runs at a lower priority (NICE): the components come first, it takes the idle
 core. It can only save time: a section it did not finish (it failed, died, or took longer
-than WAIT_SECONDS after the pipeline) is computed by `finish()` as before. It is a daemon
-process: it ends with graft, and `wait()` stops it. Its memory adds to the run's: ~0.25 GB
-(TensorFlow) while it waits, ~0.5 GB more while it scores (diagnostics.BATCH images at a
-time). Measured on flowers-dev: README ("Pipeline benchmarks").
+than WAIT_SECONDS after the pipeline) is computed by `finish()` as before. It ends when
+graft closes its stdin: `wait()`, or graft's death (even by SIGKILL). Its memory adds to the
+run's: ~0.25 GB (TensorFlow) while it waits, ~0.5 GB more while it scores (diagnostics.BATCH
+images at a time). Measured on flowers-dev: README ("Pipeline benchmarks").
 """
 from __future__ import annotations
 
-import multiprocessing
+import dataclasses
+import json
+import os
 import queue
+import subprocess
+import sys
+import threading
 import time
 
 WAIT_SECONDS = 600.0   # after the pipeline, at most this long for the helper's sections
 NICE = 10              # the helper's niceness increment
-POLL_SECONDS = 1.0     # how often an idle helper checks that graft is still alive
 _DONE = ("COMPLETE", "CACHED")  # the states whose outputs a section can read
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config_to_json(config) -> dict:
+    """A PipelineConfig as JSON (the helper's task messages)."""
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+           if f.name != "training"}
+    out["training"] = config.training.to_custom_config()
+    return out
+
+
+def config_from_json(data: dict):
+    from pipeline.configs import PipelineConfig, TrainingConfig
+    values = dict(data)
+    values["training"] = TrainingConfig.from_custom_config(values["training"])
+    return PipelineConfig(**values)
 
 
 def _pixel_baseline(config, span) -> None:
@@ -49,35 +71,37 @@ def _error_analysis(config) -> None:
 SECTIONS = {"pixel_baseline": _pixel_baseline, "error_analysis": _error_analysis}
 
 
-def _serve(tasks, done) -> None:
-    """The helper: TensorFlow imported first (the sections need it), then one section per
-    task until None or until graft is gone; reports (name, None | "Error: message") for
-    each."""
-    import importlib
-    import os
+def serve(tasks, results) -> None:
+    """The helper's loop: one JSON task per line of `tasks` ({"section", "config", "args"})
+    until end of file; one JSON line {"section", "error": null | "Error: message"} on
+    `results` for each."""
+    for line in tasks:
+        task = json.loads(line)
+        name = task["section"]
+        try:
+            SECTIONS[name](config_from_json(task["config"]), *task["args"])
+            error = None
+        except Exception as e:  # noqa: BLE001 - finish() computes it instead
+            error = "%s: %s" % (type(e).__name__, e)
+        results.write(json.dumps({"section": name, "error": error}) + "\n")
+        results.flush()
 
+
+def main() -> int:
+    """The helper process: results on its own stdout (the rest of what it prints goes to
+    stderr: graft's log), tasks on stdin, TensorFlow imported first (the sections need it)."""
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     try:
         os.nice(NICE)  # the pipeline's components come first; the helper takes what is idle
     except OSError:
         pass
+    import importlib
+
     import components  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
     importlib.import_module("tensorflow")  # now, while graft's own start-up imports TFX
-    parent = multiprocessing.parent_process()
-    while True:
-        try:
-            task = tasks.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return  # graft was killed (SIGKILL): no orphan left behind
-            continue
-        if task is None:
-            return
-        name, args = task
-        try:
-            SECTIONS[name](*args)
-            done.put((name, None))
-        except Exception as e:  # noqa: BLE001 - finish() computes it instead
-            done.put((name, "%s: %s" % (type(e).__name__, e)))
+    serve(sys.stdin, results)
+    return 0
 
 
 def _span(store, execution):
@@ -94,26 +118,43 @@ class Prefetch:
 
     def __init__(self, config):
         self.config = config
-        context = multiprocessing.get_context("spawn")
-        self._tasks, self._done = context.Queue(), context.Queue()
-        self._process = context.Process(target=_serve, args=(self._tasks, self._done),
-                                        name="graft-report", daemon=True)
+        self._process = None
+        self._results: queue.Queue = queue.Queue()
         self.submitted: list[str] = []
         self.finished: dict[str, str | None] = {}
 
     def start(self) -> "Prefetch":
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p))
         try:
-            self._process.start()
-        except OSError:  # e.g. no process left to spawn: finish() computes everything
-            self._process = None
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.runners.report_prefetch"], cwd=_ROOT, env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        except OSError:  # e.g. no process left to start: finish() computes everything
+            return self
+        threading.Thread(target=self._read, args=(self._process.stdout,),
+                         name="graft-report-results", daemon=True).start()
         return self
 
+    def _read(self, stream) -> None:
+        for line in stream:
+            try:
+                self._results.put(json.loads(line))
+            except ValueError:
+                pass
+
     def submit(self, name: str, *args) -> None:
-        """Hands the helper SECTIONS[name](*args), once per name."""
+        """Hands the helper SECTIONS[name](config, *args), once per name."""
         if self._process is None or name in self.submitted:
             return
         self.submitted.append(name)
-        self._tasks.put((name, args))
+        try:
+            self._process.stdin.write(json.dumps({"section": name, "args": list(args),
+                                                  "config": config_to_json(self.config)})
+                                      + "\n")
+            self._process.stdin.flush()
+        except (OSError, ValueError):  # the helper is gone: finish() computes it
+            pass
 
     def on_finish(self, node: str, state: str, store, execution) -> None:
         """The Follower's callback (its thread): hands the helper what this node unblocks."""
@@ -123,9 +164,9 @@ class Prefetch:
             if node == "ImportExampleGen":
                 span = _span(store, execution)
                 if span is not None:
-                    self.submit("pixel_baseline", self.config, span)
+                    self.submit("pixel_baseline", span)
             elif node == "VersionedPusher":
-                self.submit("error_analysis", self.config)
+                self.submit("error_analysis")
         except Exception:  # noqa: BLE001 - finish() computes what the helper did not
             pass
 
@@ -133,31 +174,33 @@ class Prefetch:
         """Waits for every submitted section (or the helper's end, or `timeout`), then stops
         the helper. Returns {section: None (done) | error message | "not finished"}."""
         deadline = time.time() + timeout
-        process = self._process
-        while process is not None and len(self.finished) < len(self.submitted) \
+        while self._process is not None and len(self.finished) < len(self.submitted) \
                 and time.time() < deadline:
             try:
-                name, error = self._done.get(timeout=0.2)
-                self.finished[name] = error
+                result = self._results.get(timeout=0.2)
+                self.finished[result["section"]] = result["error"]
             except queue.Empty:
-                if not process.is_alive():
+                if self._process.poll() is not None and self._results.empty():
                     break
         self.stop()
         return {name: self.finished.get(name, "not finished") for name in self.submitted}
 
     def stop(self) -> None:
+        """Closes the helper's stdin (it ends after its current section); kills it if it
+        has not ended 5 s later."""
         process, self._process = self._process, None
         if process is None:
             return
-        if process.is_alive():
-            try:
-                self._tasks.put(None)
-            except (OSError, ValueError):
-                pass
-            process.join(timeout=5)
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=5)
-        for q in (self._tasks, self._done):
-            q.close()
-            q.cancel_join_thread()
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
