@@ -206,11 +206,11 @@ def model_dir_of(store, executions: dict, push: dict) -> tuple:
     dest = (push or {}).get("pushed_destination")
     if dest and os.path.isdir(dest):  # pushed, or the identical model served already
         return dest, "pushed"
-    if "Trainer" in executions:
-        for a in mlmd.output_artifacts(store, executions["Trainer"]):
-            if a.uri.rstrip("/").split("/")[-2] == "model":
-                path = os.path.join(a.uri, "Format-Serving")
-                return (path if os.path.isdir(path) else a.uri), "trained"
+    model = mlmd.output_artifact(store, executions["Trainer"], "model") \
+        if "Trainer" in executions else None
+    if model is not None:
+        path = os.path.join(model.uri, "Format-Serving")
+        return (path if os.path.isdir(path) else model.uri), "trained"
     return None, None
 
 

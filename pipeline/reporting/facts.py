@@ -34,14 +34,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _artifact(store, execution, kind: str):
-    """The output artifact of an execution whose URI is .../<kind>/<id>."""
-    for a in mlmd.output_artifacts(store, execution):
-        if a.uri.rstrip("/").split("/")[-2] == kind:
-            return a
-    return None
-
-
 def _read(path: str, mode: str = "r"):
     with open(path, mode) as f:
         return f.read()
@@ -65,8 +57,8 @@ def data_facts(store, executions: dict, label_names) -> dict:
     """Per-class counts per split and bad records (ImageCheck), anomalies per split."""
     out = {"label_names": list(label_names), "splits": {}, "bad_records": [], "anomalies": {}}
     if "ImageCheck" in executions:
-        report = _artifact(store, executions["ImageCheck"], "report")
-        cleaned = _artifact(store, executions["ImageCheck"], "cleaned_examples")
+        report = mlmd.output_artifact(store, executions["ImageCheck"], "report")
+        cleaned = mlmd.output_artifact(store, executions["ImageCheck"], "cleaned_examples")
         if report is not None and os.path.exists(os.path.join(report.uri, "image_check.json")):
             checked = json.loads(_read(os.path.join(report.uri, "image_check.json")))
             out["splits"] = checked.get("splits", {})
@@ -75,7 +67,7 @@ def data_facts(store, executions: dict, label_names) -> dict:
         if cleaned is not None:
             out["span"] = mlmd.custom(cleaned, "span")
     if "ExampleValidator" in executions:
-        anomalies = _artifact(store, executions["ExampleValidator"], "anomalies")
+        anomalies = mlmd.output_artifact(store, executions["ExampleValidator"], "anomalies")
         if anomalies is not None:
             out["anomalies"] = read_anomalies(anomalies.uri)
     return out
@@ -112,7 +104,7 @@ def read_anomalies(uri: str) -> dict:
 def training_facts(store, executions: dict) -> dict:
     if "Trainer" not in executions:
         return {}
-    run = _artifact(store, executions["Trainer"], "model_run")
+    run = mlmd.output_artifact(store, executions["Trainer"], "model_run")
     if run is None:
         return {}
     out = {"model_run": run.uri}

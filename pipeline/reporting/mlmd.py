@@ -52,6 +52,23 @@ def output_artifacts(store, execution) -> list:
     return store.get_artifacts_by_id(ids) if ids else []
 
 
+def output_artifact(store, execution, kind: str):
+    """The output artifact of an execution whose URI is .../<kind>/<id> (TFX names an
+    output's directory after its key: examples, model, report...), or None."""
+    for a in output_artifacts(store, execution):
+        if a.uri.rstrip("/").split("/")[-2] == kind:
+            return a
+    return None
+
+
+def span(artifact):
+    """An Examples artifact's span: its `span` property, else the custom property (custom
+    components set that one), else None."""
+    if "span" in artifact.properties:
+        return artifact.properties["span"].int_value
+    return custom(artifact, "span")
+
+
 def custom(artifact, key, default=None):
     if key not in artifact.custom_properties:
         return default

@@ -27,15 +27,8 @@ _DONE = ("COMPLETE", "CACHED", "FAILED", "CANCELED")
 START_AFTER = 1.0   # seconds an execution must stay RUNNING to get a start line
 
 
-def _artifact(store, execution, kind: str):
-    for a in mlmd.output_artifacts(store, execution):
-        if a.uri.rstrip("/").split("/")[-2] == kind:
-            return a
-    return None
-
-
 def _image_check(store, e) -> str:
-    report = _artifact(store, e, "report")
+    report = mlmd.output_artifact(store, e, "report")
     with open(os.path.join(report.uri, "image_check.json")) as f:
         splits = json.load(f)["splits"]
     checked = sum(s["records"] for s in splits.values())
@@ -45,7 +38,7 @@ def _image_check(store, e) -> str:
 
 
 def _example_validator(store, e) -> str:
-    found = run_facts.read_anomalies(_artifact(store, e, "anomalies").uri)
+    found = run_facts.read_anomalies(mlmd.output_artifact(store, e, "anomalies").uri)
     n = sum(len(v) for v in found.values())
     if not n:
         return "no anomalies"
@@ -54,7 +47,7 @@ def _example_validator(store, e) -> str:
 
 
 def _trainer(store, e) -> str:
-    run = _artifact(store, e, "model_run")
+    run = mlmd.output_artifact(store, e, "model_run")
     with open(os.path.join(run.uri, "training_summary.json")) as f:
         summary = json.load(f)
     text = "val accuracy %.4f" % summary["final_val_accuracy"]
@@ -81,8 +74,7 @@ def _pusher(store, e) -> str:
 
 
 def _example_gen(store, e) -> str:
-    a = _artifact(store, e, "examples")
-    span = a.properties["span"].int_value if "span" in a.properties else mlmd.custom(a, "span")
+    span = mlmd.span(mlmd.output_artifact(store, e, "examples"))
     return "span %s" % span if span is not None else ""
 
 

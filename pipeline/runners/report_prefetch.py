@@ -104,15 +104,6 @@ def main() -> int:
     return 0
 
 
-def _span(store, execution):
-    from pipeline.reporting import mlmd
-    for a in mlmd.output_artifacts(store, execution):
-        if a.uri.rstrip("/").split("/")[-2] == "examples":
-            return a.properties["span"].int_value if "span" in a.properties \
-                else mlmd.custom(a, "span")
-    return None
-
-
 class Prefetch:
     """start() the helper; on_finish() is the Follower's callback; wait() before the report."""
 
@@ -162,7 +153,9 @@ class Prefetch:
             return
         try:
             if node == "ImportExampleGen":
-                span = _span(store, execution)
+                from pipeline.reporting import mlmd
+                examples = mlmd.output_artifact(store, execution, "examples")
+                span = mlmd.span(examples) if examples is not None else None
                 if span is not None:
                     self.submit("pixel_baseline", span)
             elif node == "VersionedPusher":

@@ -109,9 +109,7 @@ def trained_spans(metadata_path: str) -> set[int]:
                 if execution.id not in example_gens:
                     continue
                 for artifact in mlmd_query.output_artifacts(store, execution):
-                    span = (artifact.properties["span"].int_value
-                            if "span" in artifact.properties
-                            else mlmd_query.custom(artifact, "span"))
+                    span = mlmd_query.span(artifact)
                     if span is not None:
                         spans.add(int(span))
     return spans
