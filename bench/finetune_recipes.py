@@ -256,13 +256,8 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         len(base.layers) // 2 if recipe.startswith("half") else \
         TrainingConfig(fine_tune_fraction=ON_ACTIVATIONS[recipe]).fine_tune_count(
             len(base.layers)) if recipe in ON_ACTIVATIONS else len(base.layers)
-    with_weights = model_lib.unfreeze_top(base, n_layers)  # BatchNorm stays frozen
-    if recipe.endswith("_nodw"):
-        for layer in base.layers:
-            if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
-                layer.trainable = False
-        with_weights = sum(1 for layer in base.layers if layer.trainable and
-                           layer.trainable_weights)
+    # BatchNorm stays frozen (and the depthwise kernels for a _nodw recipe).
+    with_weights = model_lib.unfreeze_top(base, n_layers, recipe.endswith("_nodw"))
     steps = int(np.ceil(len(x_tr) / BATCH))
     smooth = recipe not in SEED_LIKE
     if recipe in SEED_LIKE:

@@ -9,6 +9,9 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
   every epoch and maps the Transform graph over them, as before the ninth session);
 - `half_files`: the defaults with the top half of the base's layers fine-tuned on augmented
   images (`--fine-tune-fraction 0.5 --no-activation-cache`: the cross-validation's `half_10`);
+- `half_nodw`: the defaults with the top half of the base's layers fine-tuned, the depthwise
+  kernels frozen too, on the cached images (`--fine-tune-fraction 0.5 --freeze-depthwise`: the
+  cross-validation's `half_10_nodw`);
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
   the model saved as the Trainer saves it (without the Transform signatures).
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
@@ -35,6 +38,7 @@ ARMS = {
     "default": [],
     "default_files": ["--no-activation-cache"],
     "half_files": ["--fine-tune-fraction", "0.5", "--no-activation-cache"],
+    "half_nodw": ["--fine-tune-fraction", "0.5", "--freeze-depthwise"],
 }
 
 

@@ -7,15 +7,17 @@ on them for as many epochs as early stopping wants. The cache lives only in the 
 memory for the duration of one `run_fn`: a new backbone, weights, image size or data is a new
 Trainer execution and recomputes it, so nothing stale can be reused.
 
-Phase 2's input comes from the same pass. When phase 2 fine-tunes only the top of the base,
-its bottom stays frozen too: the cache then also keeps the activations where the frozen bottom
-ends (model.frozen_split: the one tensor the layers above take from below) for the same views,
-and phase 2 trains the top on them instead of running the whole base over the images every
-epoch (the features are computed from those activations). When phase 2 trains every layer,
-the cache keeps the images the base took, decoded, resized and through the Transform graph,
-as float16 (half the bytes of float32, a 2**-11 relative error: far below the uint8 rounding
-of a pixel), and phase 2 augments them each epoch instead of decoding every JPEG again. Either
-is kept only within `PHASE2_INPUT_BUDGET_BYTES`; past it, phase 2 reads the image files.
+Phase 2's input comes from the same pass. By default the cache keeps the images the base
+took, decoded, resized and through the Transform graph, as float16 (half the bytes of float32,
+a 2**-11 relative error: far below the uint8 rounding of a pixel), and phase 2 augments them
+each epoch instead of decoding every JPEG again (a partial fine-tune runs its frozen bottom
+forward on them each step, without gradients). When phase 2 fine-tunes only the top of the base
+and `fine_tune_input='activations'` (the seed recipe), the cache keeps the activations where the
+frozen bottom ends instead (model.frozen_split: the one tensor the layers above take from
+below) for the same views, and phase 2 trains the top on them instead of running the bottom
+every epoch (the features are computed from those activations; the only augmentation left is
+the flip). Either is kept only within `PHASE2_INPUT_BUDGET_BYTES`; past it, phase 2 reads the
+image files.
 """
 from __future__ import annotations
 

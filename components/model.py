@@ -8,7 +8,8 @@ cached features (components/feature_cache.py) and the full model carries the res
 
 Phase 1 trains the head on the frozen base. Phase 2 unfreezes the top of the base
 (`TrainingConfig.fine_tune_count`; a hub: module is one layer, unfrozen whole), keeps every
-BatchNormalization layer frozen, and trains
+BatchNormalization layer frozen (and the depthwise convolutions with `freeze_depthwise`), and
+trains
 with its own optimizer and schedule (AdamW with a warm-up + cosine decay by default). Both
 phases use label smoothing when configured. Phase 2 trains through `micro_batched()`: each
 batch's gradient is computed in slices of `micro_batch_size` images and applied once, the very
@@ -304,14 +305,16 @@ def compile_for(model, opt, cfg: TrainingConfig | None = None) -> None:
                   metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def unfreeze_top(base, num_layers: int) -> int:
-    """Phase 2: top `num_layers` layers trainable, BatchNorm always frozen. Returns how many
-    layers hold trainable weights afterwards."""
+def unfreeze_top(base, num_layers: int, freeze_depthwise: bool = False) -> int:
+    """Phase 2: top `num_layers` layers trainable, BatchNorm always frozen, and with
+    `freeze_depthwise` the DepthwiseConv2D layers too. Returns how many layers hold trainable
+    weights afterwards."""
     base.trainable = True
     cutoff = max(0, len(base.layers) - int(num_layers))
+    frozen = (tf_keras.layers.BatchNormalization,) + \
+        ((tf_keras.layers.DepthwiseConv2D,) if freeze_depthwise else ())
     for i, layer in enumerate(base.layers):
-        trainable = i >= cutoff and not isinstance(layer, tf_keras.layers.BatchNormalization)
-        layer.trainable = trainable
+        layer.trainable = i >= cutoff and not isinstance(layer, frozen)
     return sum(1 for layer in base.layers if layer.trainable and layer.trainable_weights)
 
 

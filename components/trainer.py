@@ -4,12 +4,12 @@ Reads the raw examples and maps the Transform graph over them (Transform ran wit
 materialize=False). Phase 1 trains a new head on the frozen base: on features the base
 computes once per image (components/feature_cache.py; `feature_cache=False` trains on the
 images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers of the base
-(BatchNorm frozen) with its own optimizer and schedule (model.py), each batch's gradient summed
-over micro-batches (`micro_batch_size`, less memory, the same update); when that leaves a
-frozen bottom (a partial fine-tune, e.g. `--recipe seed`), on the activations the cache kept
-where the bottom ends, else (every layer) on the images the cache kept decoded and transformed,
-augmented every epoch (`activation_cache`; without it, or over its budget, on the image
-files); its weights are kept
+(BatchNorm frozen, and the depthwise kernels with `freeze_depthwise`) with its own optimizer
+and schedule (model.py), each batch's gradient summed over micro-batches (`micro_batch_size`,
+less memory, the same update), on what the cache kept (`activation_cache`; without it, or over
+its budget, on the image files): the images decoded and transformed, augmented every epoch;
+or, for a partial fine-tune with `fine_tune_input='activations'` (`--recipe seed`), the
+activations where the frozen bottom ends, for each image and its flip. Its weights are kept
 unless it did worse than phase 1 on both validation loss and accuracy (`keep_phase2`; the
 seed's rule: unless its validation loss is higher). `class_weight='balanced'` weighs both
 phases' training loss by inverse class frequency (components/class_weights.py; counts from the
@@ -131,11 +131,11 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     if cfg.feature_cache and not scratch:
         # Phase 1: the frozen base once per image (and flip), the head on the features.
         if cache is None:
-            # Phase 2's input from the same pass: the activations of a partial fine-tune's
-            # frozen bottom, or the images (decoded and transformed) for every layer.
+            # Phase 2's input from the same pass: the images (decoded and transformed), or the
+            # activations of a partial fine-tune's frozen bottom (fine_tune_input).
             keep = cfg.activation_cache and cfg.fine_tune_epochs > 0
             split = model_lib.frozen_split(classifier, cfg.fine_tune_count(len(base.layers))) \
-                if keep else None
+                if keep and cfg.fine_tune_input == "activations" else None
             cache = feature_cache.Cache(model_lib.feature_extractor(classifier),
                                         unaugmented_train(), eval_ds, flip=cfg.augment,
                                         split=split, images=keep)
@@ -181,7 +181,8 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
             and cache.phase2_input is not None
         split = cache.split if cached else None
         with strategy.scope():
-            unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)))
+            unfrozen = model_lib.unfreeze_top(base, cfg.fine_tune_count(len(base.layers)),
+                                              cfg.freeze_depthwise)
             rate = model_lib.learning_rate(cfg, model_lib.steps(train_examples, global_batch))
             trained = model if split is None else \
                 model_lib.on_activations(classifier, split)
@@ -198,7 +199,7 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
         n = cache.train_examples if cached else 0
         if not cached:
             data = dict(train=train_ds, eval_data=eval_ds)
-        elif split is None:  # every layer: the cached images, augmented as the files' are
+        elif split is None:  # the cached images, augmented as the files' are
             print("graft trainer: phase 2 on the cached images (%s)"
                   % json.dumps(cache.describe()["images"]))
             value_range = cfg.get_backbone().value_range

@@ -17,9 +17,11 @@ IMAGE_SIZE = 48
 # Flags that keep a whole pipeline run to about a minute on 2 cores.
 FAST = ["--beam-mode", "in_memory", "--image-size", IMAGE_SIZE, "--batch-size", 16,
         "--model-name", "digits"]
-# FAST plus a short two-phase training, phase 2 in micro-batches (2 slices of each batch).
+# FAST plus a short two-phase training, phase 2 in micro-batches (2 slices of each batch), on
+# the frozen bottom's cached activations (the seed recipe's path; a pipeline run on the cached
+# images: test_hub_backbone's, whose module is fine-tuned whole).
 TWO_PHASES = FAST + ["--epochs", 6, "--fine-tune-epochs", 2, "--fine-tune-layers", 10,
-                     "--micro-batch-size", 8]
+                     "--micro-batch-size", 8, "--fine-tune-input", "activations"]
 
 
 def graft(*args, timeout=1500, check=True) -> subprocess.CompletedProcess:

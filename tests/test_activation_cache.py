@@ -1,7 +1,7 @@
 """Phase 2 on what the feature cache kept: a partial fine-tune on the frozen bottom's
 activations (where the base is cut, that the cut computes what the model computes, that
-training on activations trains the exported model), an every-layer fine-tune on the cached
-transformed images, and the memory budget's fallback to the image files."""
+training on activations trains the exported model), every-layer and partial fine-tunes on the
+cached transformed images, and the memory budget's fallback to the image files."""
 from __future__ import annotations
 
 import dataclasses
@@ -87,7 +87,8 @@ def test_phase2_on_activations_trains_the_exported_model_and_leaves_the_bottom_a
     # No phase-1 epochs: nothing to compare phase 2 with, so its weights are kept.
     cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=2,
                          fine_tune_layers=20, fine_tune_learning_rate=1e-2,
-                         fine_tune_schedule="constant", batch_size=4, early_stopping_patience=5)
+                         fine_tune_schedule="constant", batch_size=4, early_stopping_patience=5,
+                         fine_tune_input="activations")
     classifier, x, phase1, phase2, bottom_before, top_before = _train(cfg)
     assert phase2["input"] == "activations of block6c_add"
     described = phase1["feature_cache"]["activations"]
@@ -116,7 +117,7 @@ def test_phase2_on_activations_trains_the_exported_model_and_leaves_the_bottom_a
 
 def test_over_budget_or_switched_off_phase2_reads_the_images():
     cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=1, fine_tune_epochs=1,
-                         fine_tune_layers=20, batch_size=4)
+                         fine_tune_layers=20, batch_size=4, fine_tune_input="activations")
     classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
     x, y = _images(12, 64), np.arange(12) % 3
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
@@ -180,6 +181,35 @@ def test_every_layer_phase2_trains_on_the_cached_images():
     _, phase2 = trainer.train(classifier, dataclasses.replace(cfg, activation_cache=False),
                               tf.distribute.get_strategy(), 4, ds, ds, lambda: ds, lambda: 12)
     assert phase2["input"] == "images"
+
+
+def test_partial_phase2_on_the_cached_images_trains_the_top_and_leaves_the_bottom_alone():
+    # The default input of a partial fine-tune: the cached images, augmented every epoch; the
+    # frozen bottom runs forward only. With freeze_depthwise the top's depthwise kernels stay
+    # as they were too, and its other convolutions train.
+    cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=2,
+                         fine_tune_layers=40, fine_tune_learning_rate=1e-2,
+                         fine_tune_schedule="constant", batch_size=4, early_stopping_patience=5,
+                         freeze_depthwise=True)
+    assert cfg.fine_tune_input == "images"
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    base = classifier.base
+    before = [[w.copy() for w in layer.get_weights()] for layer in base.layers]
+    x, y = _images(12, 64), np.arange(12) % 3
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    phase1, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4, ds, ds,
+                                   lambda: ds, lambda: 12)
+    assert phase2["input"] == "cached images" and phase2["kept"]
+    assert phase1["feature_cache"]["images"]["kept"]
+    assert phase1["feature_cache"]["activations"] is None
+    changed = {i for i, layer in enumerate(base.layers)
+               if any(not np.array_equal(a, b) for a, b in zip(before[i], layer.get_weights()))}
+    assert changed and min(changed) >= len(base.layers) - 40  # nothing below the top moved
+    assert base.layers.index(base.get_layer("top_conv")) in changed
+    kinds = {type(base.layers[i]).__name__ for i in changed}
+    assert "Conv2D" in kinds
+    assert not kinds & {"DepthwiseConv2D", "BatchNormalization"}
+    assert any(type(layer).__name__ == "DepthwiseConv2D" for layer in base.layers[-40:])
 
 
 def test_cached_images_batches_shuffle_augment_and_keep_eval_order():

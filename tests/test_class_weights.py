@@ -63,7 +63,8 @@ def test_balanced_weights_change_the_loss_fit_minimises(smoothing):
 
 def test_train_weighs_both_phases_and_records_the_weights(monkeypatch):
     cfg = TrainingConfig(label_names=NAMES, image_size=32, epochs=1, fine_tune_epochs=1,
-                         fine_tune_layers=3, batch_size=4, class_weight="balanced")
+                         fine_tune_layers=3, batch_size=4, class_weight="balanced",
+                         fine_tune_input="activations")
     classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (10, 32, 32, 3)).astype("float32")

@@ -108,6 +108,21 @@ def test_fine_tune_fraction_counts_layers_the_seeds_way(name, layers, fifth, all
                    for layer in base.layers)
 
 
+def test_freeze_depthwise_keeps_every_depthwise_kernel_frozen_and_counts_what_trains():
+    base = get_backbone("efficientnet_lite0").build_base(weights=None, image_size=32)
+    half = TrainingConfig(fine_tune_fraction=0.5).fine_tune_count(len(base.layers))
+    top = base.layers[len(base.layers) - half:]
+    depthwise = [layer for layer in top if isinstance(layer, tf_keras.layers.DepthwiseConv2D)]
+    assert depthwise
+    every = model_lib.unfreeze_top(base, half)
+    assert all(layer.trainable for layer in depthwise)
+    without = model_lib.unfreeze_top(base, half, freeze_depthwise=True)
+    assert without == every - len(depthwise)
+    assert not any(layer.trainable for layer in depthwise)
+    assert any(layer.trainable for layer in top if type(layer) is tf_keras.layers.Conv2D)
+    assert model_lib.unfreeze_top(base, half) == every  # and back: nothing sticks
+
+
 def test_phase2_early_stopping_does_not_judge_the_warm_up():
     from components import trainer
     cfg = TrainingConfig(fine_tune_epochs=10, warmup_epochs=1)
