@@ -30,6 +30,11 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
        `half_10_nodw`: `half_10` with the depthwise kernels frozen too (a training step
        0.46x of every layer's on this CPU, against 0.52x for `half_10`: the depthwise filter
        gradients are ~20 % of a step);
+     - `half_10_nodw_v4`: `half_10_nodw` on the cached activations of its frozen bottom (cut at
+       block4c_add, 14x14x80) for four fixed views of each training image: the original, its
+       flip and two augmented copies (components.dataset.augment: flip, crop, brightness,
+       seeds fold seed + 1, + 2); each epoch trains on one of the four at random (the bottom
+       runs 4 times per image instead of once per epoch);
      - `full_10_160`: `full_10` with the training images (after augmentation) resized to
        160x160, half the pixels of 224 (evaluated at 224: the serving size);
        `full_10_prog`: its first 7 epochs at 160, the last 3 at 224 (the schedule goes on);
@@ -85,15 +90,20 @@ DATASETS = (("mri-dev", os.path.join(os.path.dirname(_REPO), "shared", "data", "
 SEEDS = (1, 2, 3)
 BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
 PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10", "half_10", "half_10_nodw",
+          "half_10_nodw_v4",
           "full_10_160", "full_10_prog", "full_15", "seed_act", "act_10_b2", "act_10_b3")
 SEED_LIKE = ("seed", "seed_act")
 # Phase 2 on the frozen bottom's cached activations, as the Trainer's activation cache:
 # recipe -> the fraction of the base's layers fine-tuned (None: the seed's 20 layers).
-ON_ACTIVATIONS = {"seed_act": None, "act_10_b2": 0.82, "act_10_b3": 0.70}
+ON_ACTIVATIONS = {"seed_act": None, "act_10_b2": 0.82, "act_10_b3": 0.70,
+                  "half_10_nodw_v4": 0.5}
+# Augmented views cached beside the original and the flip (recipe -> how many).
+AUGMENTED_VIEWS = {"half_10_nodw_v4": 2}
 NESTED = ("trainer_10",)
 # Variants of `full`: a lower peak learning rate, or 10 epochs instead of --full-epochs.
 PEAK_LR = {"full_3e-5": 3e-5}
-EPOCHS = {"full_10": 10, "half_10": 10, "half_10_nodw": 10, "full_10_160": 10,
+EPOCHS = {"full_10": 10, "half_10": 10, "half_10_nodw": 10, "half_10_nodw_v4": 10,
+          "full_10_160": 10,
           "full_10_prog": 10, "full_15": 15, "act_10_b2": 10, "act_10_b3": 10}
 # Training at a lower resolution (the eval images stay at SIZE): (pixels, epochs at it;
 # None = every epoch).
@@ -257,7 +267,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         TrainingConfig(fine_tune_fraction=ON_ACTIVATIONS[recipe]).fine_tune_count(
             len(base.layers)) if recipe in ON_ACTIVATIONS else len(base.layers)
     # BatchNorm stays frozen (and the depthwise kernels for a _nodw recipe).
-    with_weights = model_lib.unfreeze_top(base, n_layers, recipe.endswith("_nodw"))
+    with_weights = model_lib.unfreeze_top(base, n_layers, "_nodw" in recipe)
     steps = int(np.ceil(len(x_tr) / BATCH))
     smooth = recipe not in SEED_LIKE
     if recipe in SEED_LIKE:
@@ -299,14 +309,24 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         fitted.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
         bottom = feature_cache.forward_fn(split.bottom)
 
-        def activations(x, flip):
+        def activations(x, flip, augmented=0):
+            # An augmented view: batches of a random order (augment's crop is per batch),
+            # returned in x's order.
+            order = np.random.default_rng(seed + augmented).permutation(len(x)) \
+                if augmented else np.arange(len(x))
             out = []
             for s in range(0, len(x), BATCH):
-                images = preprocessed(backbone, x[s:s + BATCH])
+                images = preprocessed(backbone, x[order[s:s + BATCH]])
+                if augmented:
+                    images = dataset.augment(images, backbone.value_range, seed + augmented)
                 out.append(bottom(tf.image.flip_left_right(images) if flip else images).numpy())
-            return np.concatenate(out)
+            acts = np.empty_like(np.concatenate(out))
+            acts[order] = np.concatenate(out)
+            return acts
 
-        acts_tr = np.stack([activations(x_tr, False), activations(x_tr, True)], axis=1)
+        acts_tr = np.stack([activations(x_tr, False), activations(x_tr, True)]
+                           + [activations(x_tr, False, k + 1)
+                              for k in range(AUGMENTED_VIEWS.get(recipe, 0))], axis=1)
         acts_ev = activations(x_ev, False)[:, None]
         act_seconds = time.time() - t0
 
@@ -589,6 +609,7 @@ def cv_report(rows) -> list:
                          ("seed", "head_flip"), ("full_10", "full"), ("full_10", "seed"),
                          ("half_10", "full_10"), ("half_10", "seed"),
                          ("half_10_nodw", "full_10"), ("half_10_nodw", "half_10"),
+                         ("half_10_nodw_v4", "half_10_nodw"), ("half_10_nodw_v4", "full_10"),
                          ("full_10_160", "full_10"), ("full_10_prog", "full_10"),
                          ("full_10_160", "seed"), ("full_15", "full_10"),
                          ("full_15", "seed"), ("seed_act", "seed"),

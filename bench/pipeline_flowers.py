@@ -12,6 +12,9 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
 - `half_nodw`: the defaults with the top half of the base's layers fine-tuned, the depthwise
   kernels frozen too, on the cached images (`--fine-tune-fraction 0.5 --freeze-depthwise`: the
   cross-validation's `half_10_nodw`);
+- `half_nodw_v4`: `half_nodw` on the cached activations of the frozen bottom for four views of
+  each training image (original, flip, two augmented copies: `--fine-tune-input activations
+  --augmented-views 2`; the cross-validation's `half_10_nodw_v4`);
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
   the model saved as the Trainer saves it (without the Transform signatures).
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
@@ -39,6 +42,8 @@ ARMS = {
     "default_files": ["--no-activation-cache"],
     "half_files": ["--fine-tune-fraction", "0.5", "--no-activation-cache"],
     "half_nodw": ["--fine-tune-fraction", "0.5", "--freeze-depthwise"],
+    "half_nodw_v4": ["--fine-tune-fraction", "0.5", "--freeze-depthwise", "--fine-tune-input",
+                     "activations", "--augmented-views", "2"],
 }
 
 

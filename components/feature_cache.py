@@ -14,10 +14,11 @@ each epoch instead of decoding every JPEG again (a partial fine-tune runs its fr
 forward on them each step, without gradients). When phase 2 fine-tunes only the top of the base
 and `fine_tune_input='activations'` (the seed recipe), the cache keeps the activations where the
 frozen bottom ends instead (model.frozen_split: the one tensor the layers above take from
-below) for the same views, and phase 2 trains the top on them instead of running the bottom
-every epoch (the features are computed from those activations; the only augmentation left is
-the flip). Either is kept only within `PHASE2_INPUT_BUDGET_BYTES`; past it, phase 2 reads the
-image files.
+below) for the same views, plus `augmented_views` augmented copies of each training image
+(flip, crop, brightness, drawn once), and phase 2 trains the top on one view of each image at
+random every epoch instead of running the bottom every epoch (the features are computed from
+the original's and the flip's activations). Either is kept only within
+`PHASE2_INPUT_BUDGET_BYTES`; past it, phase 2 reads the image files.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import time
 
 import numpy as np
 import tensorflow as tf
+
+from components import dataset
 
 # At most this many bytes of phase 2's cached input (activations or images) in memory.
 PHASE2_INPUT_BUDGET_BYTES = 2 << 30
@@ -46,15 +49,18 @@ def forward_fn(extractor):
 
 
 def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
-            bottom=None, keep_images: bool = False, budget_bytes: int = 0) -> tuple:
+            bottom=None, keep_images: bool = False, budget_bytes: int = 0,
+            augmented: int = 0, value_range=(0.0, 255.0), seed: int = 42) -> tuple:
     """Pooled features of every image of `ds` (batches of (image, label), not augmented):
     (features float32 [N, D], labels int64 [N], phase 2's input); with flip, the horizontally
     flipped images' features follow as N more rows with the same labels. forward:
     forward_fn(extractor), shared by calls that extract with the same extractor. bottom:
     forward_fn of a FrozenSplit's bottom, `forward` then that split's rest: phase 2's input is
-    its activations, float32 [N, views, ...]; else with keep_images the images themselves,
-    IMAGE_DTYPE [N, S, S, 3] (the originals: phase 2 augments them). Kept while their bytes
-    stay within budget_bytes, else (and with neither) None."""
+    its activations, float32 [N, views, ...] (views: the original, the flip, then `augmented`
+    copies through dataset.augment with seeds seed + 1, seed + 2, ...: activations only, no
+    features); else with keep_images the images themselves, IMAGE_DTYPE [N, S, S, 3] (the
+    originals: phase 2 augments them). Kept while their bytes stay within budget_bytes, else
+    (and with neither) None."""
     forward = forward or forward_fn(extractor)
     views, labels, size = [], [], 0
     kept = [] if bottom is not None or keep_images else None  # while within budget_bytes
@@ -67,6 +73,9 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
         else:
             acts = [bottom(x) for x in inputs]
             out = [forward(a) for a in acts]
+            if kept is not None:
+                acts += [bottom(dataset.augment(images, value_range, seed + k))
+                         for k in range(1, augmented + 1)]
             held = np.stack([a.numpy().astype(np.float32) for a in acts], axis=1) \
                 if kept is not None else None
         if kept is not None:
@@ -87,20 +96,24 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
 class Cache:
     """Features of the training (original + flipped when augmenting) and eval images, and
     phase 2's input: with a FrozenSplit the activations where its frozen bottom ends
-    (train_in [N, views, ...], eval_in [M, 1, ...]), else with images=True the images
+    (train_in [N, views, ...]: original, flip, `augmented` augmented copies; eval_in
+    [M, 1, ...]), else with images=True the images
     (train_in [N, S, S, 3], eval_in [M, S, S, 3], IMAGE_DTYPE); None when not asked for or
     over budget_bytes (`phase2_input` names what is held, None for nothing)."""
 
     def __init__(self, extractor, train_ds, eval_ds, flip: bool, split=None,
-                 images: bool = False, budget_bytes: int = PHASE2_INPUT_BUDGET_BYTES):
+                 images: bool = False, budget_bytes: int = PHASE2_INPUT_BUDGET_BYTES,
+                 augmented: int = 0, value_range=(0.0, 255.0), seed: int = 42):
         start = time.time()
         if split is None:
             forward, bottom = forward_fn(extractor), None  # traced once for both splits, views
         else:
             forward, bottom = forward_fn(split.rest), forward_fn(split.bottom)
         keep = dict(forward=forward, bottom=bottom, keep_images=images and split is None)
+        self.augmented = int(augmented) if split is not None else 0
         self.train_x, self.train_y, self.train_in = extract(
-            extractor, train_ds, flip=flip, budget_bytes=budget_bytes, **keep)
+            extractor, train_ds, flip=flip, budget_bytes=budget_bytes,
+            augmented=self.augmented, value_range=value_range, seed=seed, **keep)
         left = budget_bytes - (self.train_in.nbytes if self.train_in is not None else 0)
         self.eval_x, self.eval_y, self.eval_in = extract(
             extractor, eval_ds, budget_bytes=left if self.train_in is not None else -1, **keep)
@@ -149,7 +162,8 @@ class Cache:
                 "eval_examples": len(self.eval_y), "dims": int(self.train_x.shape[1]),
                 "traces": self.traces,
                 "seconds": round(self.seconds, 2),
-                "activations": {"layer": self.boundary, **phase2}
+                "activations": {"layer": self.boundary, "augmented_views": self.augmented,
+                                **phase2}
                 if self.kind == "activations" else None,
                 "images": {"dtype": np.dtype(IMAGE_DTYPE).name, **phase2}
                 if self.kind == "images" else None}

@@ -9,7 +9,8 @@ and schedule (model.py), each batch's gradient summed over micro-batches (`micro
 less memory, the same update), on what the cache kept (`activation_cache`; without it, or over
 its budget, on the image files): the images decoded and transformed, augmented every epoch;
 or, for a partial fine-tune with `fine_tune_input='activations'` (`--recipe seed`), the
-activations where the frozen bottom ends, for each image and its flip. Its weights are kept
+activations where the frozen bottom ends, for each image, its flip and `augmented_views`
+augmented copies. Its weights are kept
 unless it did worse than phase 1 on both validation loss and accuracy (`keep_phase2`; the
 seed's rule: unless its validation loss is higher). `class_weight='balanced'` weighs both
 phases' training loss by inverse class frequency (components/class_weights.py; counts from the
@@ -138,7 +139,10 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
                 if keep and cfg.fine_tune_input == "activations" else None
             cache = feature_cache.Cache(model_lib.feature_extractor(classifier),
                                         unaugmented_train(), eval_ds, flip=cfg.augment,
-                                        split=split, images=keep)
+                                        split=split, images=keep,
+                                        augmented=cfg.augmented_views if cfg.augment else 0,
+                                        value_range=cfg.get_backbone().value_range,
+                                        seed=cfg.seed)
         print("graft trainer: feature cache %s" % json.dumps(cache.describe()))
         # Every view of every training image is in the cache: the same proportions.
         counts = [c // cache.views for c in class_weights.label_counts(cache.train_y,
@@ -207,7 +211,7 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
                                                   global_batch, True, cfg, value_range),
                         eval_data=dataset.from_arrays(cache.eval_in, cache.eval_y,
                                                       global_batch, False, cfg))
-        else:  # each image's original or flip at random, as the images' random flip
+        else:  # one cached view of each image at random (original, flip, augmented copies)
             print("graft trainer: phase 2 on the cached activations of %s (%s)"
                   % (split.layer, json.dumps(cache.describe()["activations"])))
             data = dict(train=(cache.train_in, cache.train_y[:n]),

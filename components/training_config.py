@@ -93,6 +93,10 @@ class TrainingConfig:
         "frozen bottom runs forward each step, without gradients) or 'activations' (the frozen "
         "bottom's output for each image and its flip, computed once: faster per epoch, flips "
         "only)", choices=("images", "activations"))
+    augmented_views: int = config_field(
+        0, "with --fine-tune-input activations: augmented copies of each training image (flip, "
+        "crop, brightness, drawn once) whose activations the cache keeps beside the original's "
+        "and the flip's; each phase-2 epoch trains on one view of each image at random")
     freeze_depthwise: bool = config_field(
         False, "phase 2 keeps the depthwise convolution kernels frozen too (their filter "
         "gradients are about a fifth of a fine-tuning step on a CPU)")

@@ -126,8 +126,8 @@ def test_over_budget_or_switched_off_phase2_reads_the_images():
     tight = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
                                 split=split, budget_bytes=2 * 24576)
     assert tight.train_in is None and tight.split is None
-    assert tight.describe()["activations"] == {"layer": "block6c_add", "shape": None,
-                                               "megabytes": None, "kept": False}
+    assert tight.describe()["activations"] == {"layer": "block6c_add", "augmented_views": 0,
+                                               "shape": None, "megabytes": None, "kept": False}
     roomy = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
                                 split=split)
     assert roomy.train_in.shape == (12, 2, 2, 2, 192) and roomy.eval_in.shape == (12, 1, 2, 2, 192)
@@ -137,6 +137,38 @@ def test_over_budget_or_switched_off_phase2_reads_the_images():
     assert phase2["input"] == "images"
     _, _, _, phase2, *_ = _train(dataclasses.replace(cfg, activation_cache=False))
     assert phase2["input"] == "images"
+
+
+def test_augmented_views_add_activations_of_augmented_copies_and_leave_the_features_alone():
+    cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=1,
+                         fine_tune_layers=20, batch_size=4, fine_tune_input="activations",
+                         augmented_views=2)
+    classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
+    x, y = _images(12, 64), np.arange(12) % 3
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    split = model_lib.frozen_split(classifier, 20)
+    extractor = model_lib.feature_extractor(classifier)
+    plain = feature_cache.Cache(extractor, ds, ds, flip=True, split=split)
+    views = feature_cache.Cache(extractor, ds, ds, flip=True, split=split, augmented=2,
+                                value_range=(-1.0, 1.0))
+    assert views.train_in.shape == (12, 4, 2, 2, 192) and views.eval_in.shape[1] == 1
+    assert views.describe()["activations"]["augmented_views"] == 2
+    # The original's and the flip's activations and every feature are the plain cache's.
+    assert np.array_equal(views.train_in[:, :2], plain.train_in)
+    assert np.array_equal(views.train_x, plain.train_x) and views.views == 2
+    # The augmented copies are new views, each unlike the original, the flip and the other.
+    for k in (2, 3):
+        for other in range(k):
+            assert np.abs(views.train_in[:, k] - views.train_in[:, other]).max() > 1e-3
+    # Phase 2 trains on the four views (the Trainer asks for them from the config).
+    phase1, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4, ds, ds,
+                                   lambda: ds, lambda: 12)
+    assert phase2["input"] == "activations of block6c_add"
+    assert phase1["feature_cache"]["activations"]["augmented_views"] == 2
+    assert phase1["feature_cache"]["train_views"] == 2  # the features' views: original, flip
+    _, phase2 = trainer.train(classifier, cfg, tf.distribute.get_strategy(), 4, ds, ds,
+                              lambda: ds, lambda: 12, cache=views)
+    assert phase2["input"] == "activations of block6c_add" and len(phase2["val_loss"]) == 1
 
 
 def test_every_layer_phase2_trains_on_the_cached_images():
