@@ -4,17 +4,19 @@ with today's recipe and the new defaults, and the new defaults as a plain Keras 
 Arms, all on the same `graft make-tfrecords` split, one after another on this machine:
 - `seed, no cache`: `--recipe seed --no-feature-cache` (the original recipe and code path);
 - `seed, cache`: `--recipe seed` (the same recipe, phase 1 on cached features: the cache alone);
-- `default`: every default;
-- `default_files`: every default but `--no-activation-cache` (phase 2 reads the image files
+- `default`: every default (twelfth session: half the layers, depthwise kernels frozen, phase 2
+  on the frozen bottom's cached activations of four views of each image);
+- `every_layer`: the defaults of sessions 7-11: every layer fine-tuned on the cached images
+  (`--fine-tune-fraction 1.0 --no-freeze-depthwise`);
+- `default_files`: `every_layer` with `--no-activation-cache` (phase 2 reads the image files
   every epoch and maps the Transform graph over them, as before the ninth session);
-- `half_files`: the defaults with the top half of the base's layers fine-tuned on augmented
-  images (`--fine-tune-fraction 0.5 --no-activation-cache`: the cross-validation's `half_10`);
-- `half_nodw`: the defaults with the top half of the base's layers fine-tuned, the depthwise
-  kernels frozen too, on the cached images (`--fine-tune-fraction 0.5 --freeze-depthwise`: the
-  cross-validation's `half_10_nodw`);
-- `half_nodw_v4`: `half_nodw` on the cached activations of the frozen bottom for four views of
-  each training image (original, flip, two augmented copies: `--fine-tune-input activations
-  --augmented-views 2`; the cross-validation's `half_10_nodw_v4`);
+- `half_files`: the top half of the base's layers fine-tuned on augmented images read from the
+  files (`--fine-tune-fraction 0.5 --no-activation-cache --no-freeze-depthwise`: the
+  cross-validation's `half_10`);
+- `half_nodw`: the top half, the depthwise kernels frozen too, on the cached images augmented
+  every epoch (`--fine-tune-input images`: the cross-validation's `half_10_nodw`);
+- `half_nodw_v4`: the defaults spelt out (`--fine-tune-fraction 0.5 --fine-tune-input
+  activations --augmented-views 2`: the cross-validation's `half_10_nodw_v4`);
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
   the model saved as the Trainer saves it (without the Transform signatures).
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
@@ -39,11 +41,14 @@ ARMS = {
     "seed_nocache": ["--recipe", "seed", "--no-feature-cache"],
     "seed_cache": ["--recipe", "seed"],
     "default": [],
-    "default_files": ["--no-activation-cache"],
-    "half_files": ["--fine-tune-fraction", "0.5", "--no-activation-cache"],
-    "half_nodw": ["--fine-tune-fraction", "0.5", "--freeze-depthwise"],
-    "half_nodw_v4": ["--fine-tune-fraction", "0.5", "--freeze-depthwise", "--fine-tune-input",
-                     "activations", "--augmented-views", "2"],
+    "default_files": ["--fine-tune-fraction", "1.0", "--no-freeze-depthwise",
+                      "--no-activation-cache"],
+    "half_files": ["--fine-tune-fraction", "0.5", "--no-activation-cache",
+                   "--no-freeze-depthwise"],
+    "half_nodw": ["--fine-tune-fraction", "0.5", "--fine-tune-input", "images"],
+    "half_nodw_v4": ["--fine-tune-fraction", "0.5", "--fine-tune-input", "activations",
+                     "--augmented-views", "2"],
+    "every_layer": ["--fine-tune-fraction", "1.0", "--no-freeze-depthwise"],
 }
 
 

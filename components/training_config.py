@@ -24,7 +24,8 @@ RECIPES = {
     "seed": {"epochs": 10, "fine_tune_epochs": 5, "fine_tune_learning_rate": 1e-5,
              "fine_tune_layers": 20, "fine_tune_schedule": "constant",
              "fine_tune_optimizer": "adam", "label_smoothing": 0.0, "keep_phase2": "val_loss",
-             "fine_tune_input": "activations"},
+             "fine_tune_input": "activations", "augmented_views": 0,
+             "freeze_depthwise": False},
 }
 
 
@@ -67,13 +68,17 @@ class TrainingConfig:
         "horizontal flip of each training image), the head trains on the pooled features",
         negative="--no-feature-cache")
     activation_cache: bool = config_field(
-        True, "phase 2 on what the feature cache kept from its pass over the images: the "
-        "decoded, transformed images (float16, augmented every epoch) or, for a partial "
-        "fine-tune with --fine-tune-input activations, the frozen bottom's activations for each "
-        "image and its flip, instead of reading and decoding the image files every epoch; "
-        "needs the feature cache",
+        True, "phase 2 on what the feature cache kept from its pass over the images: for a "
+        "partial fine-tune with --fine-tune-input activations (the default) the frozen bottom's "
+        "activations of each image's views (see --augmented-views), else the decoded, "
+        "transformed images (float16, augmented every epoch), instead of reading and decoding "
+        "the image files every epoch; needs the feature cache",
         negative="--no-activation-cache")
     # Phase 2: fine-tuning the top of the base, BatchNorm always frozen.
+    # The defaults (half the layers, depthwise kernels frozen, on the frozen bottom's cached
+    # activations of 4 views per image) by 5-fold cross-validation (half_10_nodw_v4 in
+    # bench/results/finetune_cv.json: level with every layer on mri-dev and flowers-dev) and
+    # bench/pipeline_flowers.py (the wall time of the seed recipe, README).
     # 10, not 6: 5-fold cross-validation (bench/results/finetune_cv.json) +1.75 points on
     # mri-dev (p = 0.04), +0.2 on flowers-dev; the reference recipe ran 15.
     fine_tune_epochs: int = config_field(
@@ -81,25 +86,26 @@ class TrainingConfig:
         "sooner), 0 skips it")
     fine_tune_learning_rate: float = config_field(1e-4, "phase 2 peak learning rate")
     fine_tune_fraction: float = config_field(
-        1.0, "fraction of the base's layers unfrozen in phase 2, counted from the top "
+        0.5, "fraction of the base's layers unfrozen in phase 2, counted from the top "
         "(BatchNorm layers stay frozen; any fraction > 0 unfreezes at least one layer). A hub: "
         "module is one layer: > 0 fine-tunes all its variables at the phase 2 learning rate, "
         "BatchNorm statistics in inference mode")
     fine_tune_layers: Optional[int] = config_field(
         None, "top base layers unfrozen in phase 2 (overrides --fine-tune-fraction)", type=int)
     fine_tune_input: str = config_field(
-        "images", "what a partial fine-tune's phase 2 trains on from the cache: 'images' (the "
+        "activations", "what a partial fine-tune's phase 2 trains on from the cache: 'images' (the "
         "cached transformed images, augmented every epoch with flips, crops and brightness; the "
         "frozen bottom runs forward each step, without gradients) or 'activations' (the frozen "
-        "bottom's output for each image and its flip, computed once: faster per epoch, flips "
-        "only)", choices=("images", "activations"))
+        "bottom's output for each image's views, computed once: faster per epoch; see "
+        "--augmented-views)", choices=("images", "activations"))
     augmented_views: int = config_field(
-        0, "with --fine-tune-input activations: augmented copies of each training image (flip, "
+        2, "with --fine-tune-input activations: augmented copies of each training image (flip, "
         "crop, brightness, drawn once) whose activations the cache keeps beside the original's "
         "and the flip's; each phase-2 epoch trains on one view of each image at random")
     freeze_depthwise: bool = config_field(
-        False, "phase 2 keeps the depthwise convolution kernels frozen too (their filter "
-        "gradients are about a fifth of a fine-tuning step on a CPU)")
+        True, "phase 2 keeps the depthwise convolution kernels frozen too (their filter "
+        "gradients are about a fifth of a fine-tuning step on a CPU)",
+        negative="--no-freeze-depthwise")
     fine_tune_schedule: str = config_field(
         "cosine", "phase 2 learning-rate schedule: cosine decay to 0 after a linear warm-up, "
         "or constant", choices=("cosine", "constant"))

@@ -175,7 +175,8 @@ def test_every_layer_phase2_trains_on_the_cached_images():
     # Every layer fine-tuned: no frozen bottom, so the cache keeps the transformed images.
     cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=2,
                          fine_tune_learning_rate=1e-2, fine_tune_schedule="constant",
-                         batch_size=4, early_stopping_patience=5)
+                         batch_size=4, early_stopping_patience=5, fine_tune_fraction=1.0,
+                         freeze_depthwise=False)
     classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
     x, y = _images(12, 64), np.arange(12) % 3
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
@@ -216,14 +217,13 @@ def test_every_layer_phase2_trains_on_the_cached_images():
 
 
 def test_partial_phase2_on_the_cached_images_trains_the_top_and_leaves_the_bottom_alone():
-    # The default input of a partial fine-tune: the cached images, augmented every epoch; the
-    # frozen bottom runs forward only. With freeze_depthwise the top's depthwise kernels stay
-    # as they were too, and its other convolutions train.
+    # A partial fine-tune with fine_tune_input='images': the cached images, augmented every
+    # epoch; the frozen bottom runs forward only. With freeze_depthwise the top's depthwise
+    # kernels stay as they were too, and its other convolutions train.
     cfg = TrainingConfig(label_names=NAMES, image_size=64, epochs=0, fine_tune_epochs=2,
                          fine_tune_layers=40, fine_tune_learning_rate=1e-2,
                          fine_tune_schedule="constant", batch_size=4, early_stopping_patience=5,
-                         freeze_depthwise=True)
-    assert cfg.fine_tune_input == "images"
+                         freeze_depthwise=True, fine_tune_input="images")
     classifier = model_lib.build(get_backbone(cfg.backbone), cfg)
     base = classifier.base
     before = [[w.copy() for w in layer.get_weights()] for layer in base.layers]

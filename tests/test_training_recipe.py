@@ -224,6 +224,10 @@ def test_seed_recipe_restores_the_original_settings_and_flags_still_win():
     for key, value in RECIPES["seed"].items():
         assert getattr(seed, key) == value
     assert seed.fine_tune_count(150) == 20 and seed.recipe == "seed"
+    # The seed trained every one of its 20 layers' kernels, and its activations saw flips only.
+    assert seed.freeze_depthwise is False and seed.augmented_views == 0
+    assert default.freeze_depthwise is True and default.fine_tune_count(150) == 75
+    assert _parse("--no-freeze-depthwise").training.freeze_depthwise is False
     mixed = _parse("--recipe", "seed", "--fine-tune-epochs", "2", "--no-feature-cache").training
     assert mixed.fine_tune_epochs == 2 and mixed.fine_tune_learning_rate == 1e-5
     assert mixed.feature_cache is False
