@@ -32,9 +32,10 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
        gradients are ~20 % of a step);
      - `half_10_nodw_v4`: `half_10_nodw` on the cached activations of its frozen bottom (cut at
        block4c_add, 14x14x80) for four fixed views of each training image: the original, its
-       flip and two augmented copies (components.dataset.augment: flip, crop, brightness,
-       seeds fold seed + 1, + 2); each epoch trains on one of the four at random (the bottom
-       runs 4 times per image instead of once per epoch);
+       flip and two augmented copies (components.dataset.augment: flip, crop, brightness;
+       each copy's images batched in a random order, fold seed + 1, + 2, since a crop is
+       drawn per batch); each epoch trains on one of the four at random (the bottom runs 4
+       times per image instead of once per epoch);
      - `full_10_160`: `full_10` with the training images (after augmentation) resized to
        160x160, half the pixels of 224 (evaluated at 224: the serving size);
        `full_10_prog`: its first 7 epochs at 160, the last 3 at 224 (the schedule goes on);
@@ -318,7 +319,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
             for s in range(0, len(x), BATCH):
                 images = preprocessed(backbone, x[order[s:s + BATCH]])
                 if augmented:
-                    images = dataset.augment(images, backbone.value_range, seed + augmented)
+                    images = dataset.augment(images, backbone.value_range)
                 out.append(bottom(tf.image.flip_left_right(images) if flip else images).numpy())
             acts = np.empty_like(np.concatenate(out))
             acts[order] = np.concatenate(out)

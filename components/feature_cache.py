@@ -7,17 +7,18 @@ on them for as many epochs as early stopping wants. The cache lives only in the 
 memory for the duration of one `run_fn`: a new backbone, weights, image size or data is a new
 Trainer execution and recomputes it, so nothing stale can be reused.
 
-Phase 2's input comes from the same pass. By default the cache keeps the images the base
-took, decoded, resized and through the Transform graph, as float16 (half the bytes of float32,
-a 2**-11 relative error: far below the uint8 rounding of a pixel), and phase 2 augments them
-each epoch instead of decoding every JPEG again (a partial fine-tune runs its frozen bottom
-forward on them each step, without gradients). When phase 2 fine-tunes only the top of the base
-and `fine_tune_input='activations'` (the seed recipe), the cache keeps the activations where the
-frozen bottom ends instead (model.frozen_split: the one tensor the layers above take from
-below) for the same views, plus `augmented_views` augmented copies of each training image
-(flip, crop, brightness, drawn once), and phase 2 trains the top on one view of each image at
-random every epoch instead of running the bottom every epoch (the features are computed from
-the original's and the flip's activations). Either is kept only within
+Phase 2's input comes from the same pass. When phase 2 fine-tunes only the top of the base
+and `fine_tune_input='activations'` (the default), the cache keeps the activations where the
+frozen bottom ends (model.frozen_split: the one tensor the layers above take from below) for
+the same views, plus `augmented_views` augmented copies of each training image (flip, crop,
+brightness, drawn once from the global random state), and phase 2 trains the top on one view
+of each image at random every epoch instead of running the bottom every epoch (the features
+are computed from the original's and the flip's activations). Otherwise (every layer,
+`fine_tune_input='images'`) the cache keeps the images the base took, decoded, resized and
+through the Transform graph, as float16 (half the bytes of float32, a 2**-11 relative error:
+far below the uint8 rounding of a pixel), and phase 2 augments them each epoch instead of
+decoding every JPEG again (a partial fine-tune runs its frozen bottom forward on them each
+step, without gradients). Either is kept only within
 `PHASE2_INPUT_BUDGET_BYTES`; past it, phase 2 reads the image files.
 """
 from __future__ import annotations
@@ -50,16 +51,16 @@ def forward_fn(extractor):
 
 def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
             bottom=None, keep_images: bool = False, budget_bytes: int = 0,
-            augmented: int = 0, value_range=(0.0, 255.0), seed: int = 42) -> tuple:
+            augmented: int = 0, value_range=(0.0, 255.0)) -> tuple:
     """Pooled features of every image of `ds` (batches of (image, label), not augmented):
     (features float32 [N, D], labels int64 [N], phase 2's input); with flip, the horizontally
     flipped images' features follow as N more rows with the same labels. forward:
     forward_fn(extractor), shared by calls that extract with the same extractor. bottom:
     forward_fn of a FrozenSplit's bottom, `forward` then that split's rest: phase 2's input is
     its activations, float32 [N, views, ...] (views: the original, the flip, then `augmented`
-    copies through dataset.augment with seeds seed + 1, seed + 2, ...: activations only, no
-    features); else with keep_images the images themselves, IMAGE_DTYPE [N, S, S, 3] (the
-    originals: phase 2 augments them). Kept while their bytes stay within budget_bytes, else
+    copies through dataset.augment, each drawn anew: activations only, no features); else
+    with keep_images the images themselves, IMAGE_DTYPE [N, S, S, 3] (the originals: phase 2
+    augments them). Kept while their bytes stay within budget_bytes, else
     (and with neither) None."""
     forward = forward or forward_fn(extractor)
     views, labels, size = [], [], 0
@@ -74,8 +75,8 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
             acts = [bottom(x) for x in inputs]
             out = [forward(a) for a in acts]
             if kept is not None:
-                acts += [bottom(dataset.augment(images, value_range, seed + k))
-                         for k in range(1, augmented + 1)]
+                acts += [bottom(dataset.augment(images, value_range))
+                         for _ in range(augmented)]
             held = np.stack([a.numpy().astype(np.float32) for a in acts], axis=1) \
                 if kept is not None else None
         if kept is not None:
@@ -103,7 +104,7 @@ class Cache:
 
     def __init__(self, extractor, train_ds, eval_ds, flip: bool, split=None,
                  images: bool = False, budget_bytes: int = PHASE2_INPUT_BUDGET_BYTES,
-                 augmented: int = 0, value_range=(0.0, 255.0), seed: int = 42):
+                 augmented: int = 0, value_range=(0.0, 255.0)):
         start = time.time()
         if split is None:
             forward, bottom = forward_fn(extractor), None  # traced once for both splits, views
@@ -113,7 +114,7 @@ class Cache:
         self.augmented = int(augmented) if split is not None else 0
         self.train_x, self.train_y, self.train_in = extract(
             extractor, train_ds, flip=flip, budget_bytes=budget_bytes,
-            augmented=self.augmented, value_range=value_range, seed=seed, **keep)
+            augmented=self.augmented, value_range=value_range, **keep)
         left = budget_bytes - (self.train_in.nbytes if self.train_in is not None else 0)
         self.eval_x, self.eval_y, self.eval_in = extract(
             extractor, eval_ds, budget_bytes=left if self.train_in is not None else -1, **keep)

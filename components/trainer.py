@@ -7,10 +7,10 @@ images every epoch instead). Phase 2 fine-tunes the top `fine_tune_count` layers
 (BatchNorm frozen, and the depthwise kernels with `freeze_depthwise`) with its own optimizer
 and schedule (model.py), each batch's gradient summed over micro-batches (`micro_batch_size`,
 less memory, the same update), on what the cache kept (`activation_cache`; without it, or over
-its budget, on the image files): the images decoded and transformed, augmented every epoch;
-or, for a partial fine-tune with `fine_tune_input='activations'` (`--recipe seed`), the
-activations where the frozen bottom ends, for each image, its flip and `augmented_views`
-augmented copies. Its weights are kept
+its budget, on the image files): for a partial fine-tune with
+`fine_tune_input='activations'` (the default, and `--recipe seed`), the activations where the
+frozen bottom ends, for each image, its flip and `augmented_views` augmented copies; else the
+images decoded and transformed, augmented every epoch. Its weights are kept
 unless it did worse than phase 1 on both validation loss and accuracy (`keep_phase2`; the
 seed's rule: unless its validation loss is higher). `class_weight='balanced'` weighs both
 phases' training loss by inverse class frequency (components/class_weights.py; counts from the
@@ -129,6 +129,7 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
     callbacks = list(callbacks)
     patience = cfg.early_stopping_patience
     scratch = cfg.from_scratch
+    value_range = cfg.get_backbone().value_range
     if cfg.feature_cache and not scratch:
         # Phase 1: the frozen base once per image (and flip), the head on the features.
         if cache is None:
@@ -141,8 +142,7 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
                                         unaugmented_train(), eval_ds, flip=cfg.augment,
                                         split=split, images=keep,
                                         augmented=cfg.augmented_views if cfg.augment else 0,
-                                        value_range=cfg.get_backbone().value_range,
-                                        seed=cfg.seed)
+                                        value_range=value_range)
         print("graft trainer: feature cache %s" % json.dumps(cache.describe()))
         # Every view of every training image is in the cache: the same proportions.
         counts = [c // cache.views for c in class_weights.label_counts(cache.train_y,
@@ -206,7 +206,6 @@ def train(classifier, cfg: TrainingConfig, strategy, global_batch: int, train_ds
         elif split is None:  # the cached images, augmented as the files' are
             print("graft trainer: phase 2 on the cached images (%s)"
                   % json.dumps(cache.describe()["images"]))
-            value_range = cfg.get_backbone().value_range
             data = dict(train=dataset.from_arrays(cache.train_in, cache.train_y[:n],
                                                   global_batch, True, cfg, value_range),
                         eval_data=dataset.from_arrays(cache.eval_in, cache.eval_y,
