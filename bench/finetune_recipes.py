@@ -36,6 +36,9 @@ For each seed in (1, 2, 3) and each dataset (../shared/data/mri-dev: 400 brain-M
        each copy's images batched in a random order, fold seed + 1, + 2, since a crop is
        drawn per batch); each epoch trains on one of the four at random (the bottom runs 4
        times per image instead of once per epoch);
+     - `half_10_nodw_v4pi`: `half_10_nodw_v4` with each augmented copy's crop drawn per image
+       (dataset.augment(per_image=True): size and offset per image) instead of per batch;
+       `half_10_nodw_v6pi`: the same with four augmented copies (six views);
      - `full_10_160`: `full_10` with the training images (after augmentation) resized to
        160x160, half the pixels of 224 (evaluated at 224: the serving size);
        `full_10_prog`: its first 7 epochs at 160, the last 3 at 224 (the schedule goes on);
@@ -91,19 +94,22 @@ DATASETS = (("mri-dev", os.path.join(os.path.dirname(_REPO), "shared", "data", "
 SEEDS = (1, 2, 3)
 BASELINES = ("logreg", "logreg_flip", "head", "head_flip")
 PHASE2 = ("seed", "full", "half", "full_3e-5", "full_10", "half_10", "half_10_nodw",
-          "half_10_nodw_v4",
+          "half_10_nodw_v4", "half_10_nodw_v4pi", "half_10_nodw_v6pi",
           "full_10_160", "full_10_prog", "full_15", "seed_act", "act_10_b2", "act_10_b3")
 SEED_LIKE = ("seed", "seed_act")
 # Phase 2 on the frozen bottom's cached activations, as the Trainer's activation cache:
 # recipe -> the fraction of the base's layers fine-tuned (None: the seed's 20 layers).
 ON_ACTIVATIONS = {"seed_act": None, "act_10_b2": 0.82, "act_10_b3": 0.70,
-                  "half_10_nodw_v4": 0.5}
+                  "half_10_nodw_v4": 0.5, "half_10_nodw_v4pi": 0.5, "half_10_nodw_v6pi": 0.5}
 # Augmented views cached beside the original and the flip (recipe -> how many).
-AUGMENTED_VIEWS = {"half_10_nodw_v4": 2}
+AUGMENTED_VIEWS = {"half_10_nodw_v4": 2, "half_10_nodw_v4pi": 2, "half_10_nodw_v6pi": 4}
+# Augmented views cropped per image (dataset.augment(per_image=True)), not per batch.
+PER_IMAGE_CROP = ("half_10_nodw_v4pi", "half_10_nodw_v6pi")
 NESTED = ("trainer_10",)
 # Variants of `full`: a lower peak learning rate, or 10 epochs instead of --full-epochs.
 PEAK_LR = {"full_3e-5": 3e-5}
 EPOCHS = {"full_10": 10, "half_10": 10, "half_10_nodw": 10, "half_10_nodw_v4": 10,
+          "half_10_nodw_v4pi": 10, "half_10_nodw_v6pi": 10,
           "full_10_160": 10,
           "full_10_prog": 10, "full_15": 15, "act_10_b2": 10, "act_10_b3": 10}
 # Training at a lower resolution (the eval images stay at SIZE): (pixels, epochs at it;
@@ -319,7 +325,8 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
             for s in range(0, len(x), BATCH):
                 images = preprocessed(backbone, x[order[s:s + BATCH]])
                 if augmented:
-                    images = dataset.augment(images, backbone.value_range)
+                    images = dataset.augment(images, backbone.value_range,
+                                             per_image=recipe in PER_IMAGE_CROP)
                 out.append(bottom(tf.image.flip_left_right(images) if flip else images).numpy())
             acts = np.empty_like(np.concatenate(out))
             acts[order] = np.concatenate(out)
@@ -611,6 +618,11 @@ def cv_report(rows) -> list:
                          ("half_10", "full_10"), ("half_10", "seed"),
                          ("half_10_nodw", "full_10"), ("half_10_nodw", "half_10"),
                          ("half_10_nodw_v4", "half_10_nodw"), ("half_10_nodw_v4", "full_10"),
+                         ("half_10_nodw_v4pi", "half_10_nodw_v4"),
+                         ("half_10_nodw_v4pi", "full_10"),
+                         ("half_10_nodw_v6pi", "half_10_nodw_v4"),
+                         ("half_10_nodw_v6pi", "half_10_nodw_v4pi"),
+                         ("half_10_nodw_v6pi", "full_10"),
                          ("full_10_160", "full_10"), ("full_10_prog", "full_10"),
                          ("full_10_160", "seed"), ("full_15", "full_10"),
                          ("full_15", "seed"), ("seed_act", "seed"),

@@ -19,6 +19,9 @@ Arms, all on the same `graft make-tfrecords` split, one after another on this ma
   activations --augmented-views 2`: the cross-validation's `half_10_nodw_v4`);
 - `plain Keras, default`: bench/plain_keras.py, the same training function without TFX, then
   the model saved as the Trainer saves it (without the Transform signatures).
+With `--seeds S1 S2 ...` every `graft run` arm runs once per training seed (`graft run --seed`,
+the same split), keyed `ARM@SEED`; `seed_summary` holds each arm's mean, min and max test
+accuracy and wall time over the seeds, and the accuracy gain is the difference of the means.
 Per arm: Evaluator accuracy (and the split it gated on: test when make-tfrecords wrote one,
 with the summary's accuracy lines and their 95 % intervals), accuracy after each phase,
 per-component seconds, the Trainer's phases (feature extraction, head, fine-tuning), peak
@@ -26,6 +29,7 @@ memory of the process tree (PSS).
 Writes bench/results/pipeline_flowers.json (or --out) and prints a markdown table.
 
     .venv/bin/python -m bench.pipeline_flowers [--data IMAGES_DIR] [--work DIR] [--arms ...]
+        [--seeds 1 2 3]
 """
 from __future__ import annotations
 
@@ -50,6 +54,25 @@ ARMS = {
                      "--augmented-views", "2"],
     "every_layer": ["--fine-tune-fraction", "1.0", "--no-freeze-depthwise"],
 }
+
+
+def seed_summary(arms: dict) -> dict:
+    """ARM@SEED results -> {ARM: {seeds, accuracy mean/min/max, wall seconds mean/min/max}}."""
+    grouped = {}
+    for key, arm in arms.items():
+        if "@" in key:
+            name, seed = key.split("@")
+            grouped.setdefault(name, []).append((int(seed), arm))
+    out = {}
+    for name, runs in grouped.items():
+        acc = [a["evaluator_accuracy"] for _, a in runs]
+        wall = [a["pipeline"]["seconds"] for _, a in runs]
+        out[name] = {"seeds": [s for s, _ in runs],
+                     "accuracy": {"mean": round(sum(acc) / len(acc), 4),
+                                  "min": min(acc), "max": max(acc), "each": acc},
+                     "wall_seconds": {"mean": round(sum(wall) / len(wall), 1),
+                                      "min": min(wall), "max": max(wall), "each": wall}}
+    return out
 
 
 def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> dict:
@@ -132,6 +155,9 @@ def main() -> int:
     p.add_argument("--split-args", default="",
                    help="extra `graft make-tfrecords` flags, e.g. '--eval-fraction 0.2 "
                    "--test-fraction 0' (the 80/20 split of before the test split)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[],
+                   help="run each graft run arm once per training seed (graft run --seed; "
+                   "default: once, the config's seed)")
     args = p.parse_args()
     images = Path(args.data)
     if not images.is_dir():
@@ -150,25 +176,43 @@ def main() -> int:
               "split": [line.strip() for line in (work / "make_tfrecords.log").read_text()
                         .splitlines() if line.strip().startswith(("label", "total"))],
               "arms": {}}
-    for name in args.arms:
+    runs = [(name, None) for name in args.arms] if not args.seeds else \
+        [(name, None) for name in args.arms if name == "plain"] + \
+        [(name, seed) for seed in args.seeds for name in args.arms if name != "plain"]
+    for name, seed in runs:
         if name == "plain":
             shutil.rmtree(work / "plain_model", ignore_errors=True)
             plain = common.run_measured([sys.executable, "-m", "bench.plain_keras", "--data",
                                          str(data), "--json", str(work / "plain.json"),
-                                         "--save", str(work / "plain_model")],
+                                         "--save", str(work / "plain_model"),
+                                         *(["--seed", str(args.seeds[0])] if args.seeds
+                                           else [])],
                                         work / "plain.log")
             result["arms"]["plain"] = dict(plain, **json.loads((work / "plain.json").read_text()))
         else:
-            result["arms"][name] = run_arm(name, ARMS[name], data, work, args.beam_mode)
+            key = name if seed is None else "%s@%d" % (name, seed)
+            flags = ARMS[name] + ([] if seed is None else ["--seed", str(seed)])
+            result["arms"][key] = run_arm(key, flags, data, work, args.beam_mode)
+            name = key
+        if args.seeds:
+            result["seed_summary"] = seed_summary(result["arms"])
         common.write_json(args.out, result)
         print("%s done: %s" % (name, json.dumps(result["arms"][name])[:400]), flush=True)
     arms = result["arms"]
+    summary = result.get("seed_summary") or {}
+    if "default" in summary and "seed_nocache" in summary:
+        result["accuracy_gain_points_mean"] = round(100 * (
+            summary["default"]["accuracy"]["mean"]
+            - summary["seed_nocache"]["accuracy"]["mean"]), 1)
+        result["wall_ratio_mean"] = round(summary["default"]["wall_seconds"]["mean"]
+                                          / summary["seed_nocache"]["wall_seconds"]["mean"], 2)
     if "seed_nocache" in arms and "seed_cache" in arms:
         result["cache_speedup_trainer"] = round(
             arms["seed_nocache"]["component_seconds"]["Trainer"]
             / arms["seed_cache"]["component_seconds"]["Trainer"], 2)
-    if "default" in arms and "plain" in arms:
-        result.update(plain_ratios(arms["default"], arms["plain"]))
+    default = "default" if not args.seeds else "default@%d" % args.seeds[0]
+    if default in arms and "plain" in arms:  # plain Keras ran with the first seed
+        result.update(plain_ratios(arms[default], arms["plain"]))
     if "default" in arms and "seed_nocache" in arms:
         result["accuracy_gain_points"] = round(100 * (
             arms["default"]["evaluator_accuracy"] - arms["seed_nocache"]["evaluator_accuracy"]),

@@ -125,16 +125,26 @@ def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 
-def augment(images: tf.Tensor, value_range=(0.0, 255.0), seed: int = 42) -> tf.Tensor:
-    """Random horizontal flip, crop of 85-100 % resized back, brightness +-10 % of the range."""
+def augment(images: tf.Tensor, value_range=(0.0, 255.0), seed: int = 42,
+            per_image: bool = False) -> tf.Tensor:
+    """Random horizontal flip, crop of 85-100 % resized back, brightness +-10 % of the range.
+    The crop's size and offset are drawn once per batch, or per image with `per_image`
+    (tf.image.crop_and_resize: bilinear, as tf.image.resize)."""
     lo, hi = float(value_range[0]), float(value_range[1])
     size = tf.shape(images)[1:3]
-    images = tf.image.random_flip_left_right(images)
-    frac = tf.random.uniform([], 0.85, 1.0)
-    crop = tf.cast(tf.cast(size, tf.float32) * frac, tf.int32)
     batch = tf.shape(images)[0]
-    images = tf.image.random_crop(images, tf.concat([[batch], crop, [3]], axis=0))
-    images = tf.image.resize(images, size)
+    images = tf.image.random_flip_left_right(images)
+    if per_image:
+        frac = tf.random.uniform([batch], 0.85, 1.0)
+        top = tf.random.uniform([batch]) * (1.0 - frac)
+        left = tf.random.uniform([batch]) * (1.0 - frac)
+        boxes = tf.stack([top, left, top + frac, left + frac], axis=1)
+        images = tf.image.crop_and_resize(images, boxes, tf.range(batch), size)
+    else:
+        frac = tf.random.uniform([], 0.85, 1.0)
+        crop = tf.cast(tf.cast(size, tf.float32) * frac, tf.int32)
+        images = tf.image.random_crop(images, tf.concat([[batch], crop, [3]], axis=0))
+        images = tf.image.resize(images, size)
     delta = tf.random.uniform([batch, 1, 1, 1], -0.1, 0.1) * (hi - lo)
     return tf.clip_by_value(images + delta, lo, hi)
 

@@ -140,7 +140,9 @@ class TrainingConfig:
         "--no-feature-cache also its code path: every epoch on augmented images); explicit "
         "flags still win",
         choices=tuple(RECIPES))
-    seed: int = 42
+    seed: int = config_field(
+        42, "random seed of training: the head's initial weights, the shuffles, the "
+        "augmentation and the views phase 2 picks (the split is make-tfrecords')")
     code_version: str = ""                 # hash of component sub-packages (cache key)
 
     @property

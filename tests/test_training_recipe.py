@@ -243,6 +243,7 @@ def test_every_flagged_field_has_a_flag_and_reaches_the_config():
                  "0.7", "--fine-tune-schedule", "constant")
     assert cfg.training.fine_tune_fraction == 0.5 and cfg.training.label_smoothing == 0.0
     assert cfg.min_accuracy == 0.7 and cfg.training.fine_tune_schedule == "constant"
+    assert _parse("--seed", "7").training.seed == 7 and _parse().training.seed == 42
 
 
 def test_custom_config_round_trip_and_unknown_keys():
