@@ -86,25 +86,33 @@ def make_dataset(file_patterns, tf_transform_output, cfg: TrainingConfig, batch_
     return finish(augmented(ds, training, cfg, value_range))
 
 
+def gathered(array: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
+             seed: int) -> tf.data.Dataset:
+    """Batches (rows of `array` as float32, labels) of a numpy array of any float dtype
+    ([N, ...]: the feature cache's images or activations), shuffled every epoch when asked.
+    The array stays where it is: each batch gathers its rows from it (no copy of it into a
+    tensor or the dataset, no shuffle buffer of rows), and a float16 array is cast a batch at
+    a time."""
+    labels = np.asarray(labels, np.int64)
+    n, dtype = len(labels), tf.as_dtype(array.dtype)
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+
+    def gather(rows):
+        batch = tf.numpy_function(lambda r: array[r], [rows], dtype, stateful=False)
+        batch.set_shape((None,) + array.shape[1:])
+        return tf.cast(batch, tf.float32), tf.gather(labels, rows)
+
+    return ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE)
+
+
 def from_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
                 cfg: TrainingConfig, value_range=(0.0, 255.0)) -> tf.data.Dataset:
     """make_dataset's batches from images already through the Transform graph (the feature
-    cache's numpy array, any float dtype [N, S, S, 3]) and their labels [N]: float32 images,
-    shuffled every epoch and augmented when training. The images stay where they are: each
-    batch gathers its rows from the array (no copy of it into the dataset, no shuffle buffer
-    of images)."""
-    labels = np.asarray(labels, np.int64)
-    n, dtype = len(labels), tf.as_dtype(images.dtype)
-    ds = tf.data.Dataset.range(n)
-    if training:
-        ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
-
-    def gather(rows):
-        batch = tf.numpy_function(lambda r: images[r], [rows], dtype, stateful=False)
-        batch.set_shape((None,) + images.shape[1:])
-        return tf.cast(batch, tf.float32), tf.gather(labels, rows)
-
-    ds = ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE)
+    cache's numpy array, any float dtype [N, S, S, 3]) and their labels [N]: float32 images
+    (`gathered`), shuffled every epoch and augmented when training."""
+    ds = gathered(images, labels, batch_size, training, cfg.seed)
     return finish(augmented(ds, training, cfg, value_range))
 
 

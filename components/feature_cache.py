@@ -34,6 +34,11 @@ from components import dataset
 # At most this many bytes of phase 2's cached input (activations or images) in memory.
 PHASE2_INPUT_BUDGET_BYTES = 2 << 30
 IMAGE_DTYPE = np.float16  # the cached images' type
+# The training images' cached activations' type: half float32's bytes (the budget reaches
+# twice as many images, and the run's memory), a 2**-11 relative rounding of what phase 2
+# trains on. The eval images' stay float32: phase 2's validation metrics, which pick the
+# epoch and the phase, are then the exported model's own (the Keras model casts each batch).
+ACTIVATION_DTYPE = np.float16
 
 
 def forward_fn(extractor):
@@ -51,14 +56,16 @@ def forward_fn(extractor):
 
 def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
             bottom=None, keep_images: bool = False, budget_bytes: int = 0,
-            augmented: int = 0, value_range=(0.0, 255.0)) -> tuple:
+            augmented: int = 0, value_range=(0.0, 255.0),
+            activation_dtype=np.float32) -> tuple:
     """Pooled features of every image of `ds` (batches of (image, label), not augmented):
     (features float32 [N, D], labels int64 [N], phase 2's input); with flip, the horizontally
     flipped images' features follow as N more rows with the same labels. forward:
     forward_fn(extractor), shared by calls that extract with the same extractor. bottom:
     forward_fn of a FrozenSplit's bottom, `forward` then that split's rest: phase 2's input is
-    its activations, float32 [N, views, ...] (views: the original, the flip, then `augmented`
-    copies through dataset.augment, each drawn anew: activations only, no features); else
+    its activations, activation_dtype [N, views, ...] (views: the original, the flip, then
+    `augmented` copies through dataset.augment, each drawn anew: activations only, no
+    features); else
     with keep_images the images themselves, IMAGE_DTYPE [N, S, S, 3] (the originals: phase 2
     augments them). Kept while their bytes stay within budget_bytes, else
     (and with neither) None."""
@@ -77,7 +84,7 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
             if kept is not None:
                 acts += [bottom(dataset.augment(images, value_range))
                          for _ in range(augmented)]
-            held = np.stack([a.numpy().astype(np.float32) for a in acts], axis=1) \
+            held = np.stack([a.numpy().astype(activation_dtype) for a in acts], axis=1) \
                 if kept is not None else None
         if kept is not None:
             kept.append(held)
@@ -114,7 +121,8 @@ class Cache:
         self.augmented = int(augmented) if split is not None else 0
         self.train_x, self.train_y, self.train_in = extract(
             extractor, train_ds, flip=flip, budget_bytes=budget_bytes,
-            augmented=self.augmented, value_range=value_range, **keep)
+            augmented=self.augmented, value_range=value_range,
+            activation_dtype=ACTIVATION_DTYPE, **keep)
         left = budget_bytes - (self.train_in.nbytes if self.train_in is not None else 0)
         self.eval_x, self.eval_y, self.eval_in = extract(
             extractor, eval_ds, budget_bytes=left if self.train_in is not None else -1, **keep)

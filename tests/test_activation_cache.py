@@ -122,15 +122,23 @@ def test_over_budget_or_switched_off_phase2_reads_the_images():
     x, y = _images(12, 64), np.arange(12) % 3
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     split = model_lib.frozen_split(classifier, 20)
-    # 4 images x 2 views x 2 x 2 x 192 floats = 24,576 bytes per batch: two batches fit.
+    # 4 images x 2 views x 2 x 2 x 192 float16 = 12,288 bytes per training batch: two of
+    # the three fit.
     tight = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
-                                split=split, budget_bytes=2 * 24576)
+                                split=split, budget_bytes=2 * 12288)
     assert tight.train_in is None and tight.split is None
     assert tight.describe()["activations"] == {"layer": "block6c_add", "augmented_views": 0,
                                                "shape": None, "megabytes": None, "kept": False}
     roomy = feature_cache.Cache(model_lib.feature_extractor(classifier), ds, ds, flip=True,
                                 split=split)
     assert roomy.train_in.shape == (12, 2, 2, 2, 192) and roomy.eval_in.shape == (12, 1, 2, 2, 192)
+    # The training activations are float16 (half the bytes), the eval ones float32 (phase 2's
+    # validation metrics are the exported model's own), both the bottom's output.
+    assert roomy.train_in.dtype == np.float16 and roomy.eval_in.dtype == np.float32
+    exact = split.bottom.predict(x, verbose=0)
+    assert np.abs(roomy.eval_in[:, 0] - exact).max() <= 1e-5
+    assert np.abs(roomy.train_in[:, 0].astype(np.float32) - exact).max() \
+        <= 2 ** -10 * np.abs(exact).max()
     # Same features either way: the budget only decides what else is kept.
     assert np.array_equal(tight.train_x, roomy.train_x)
     _, _, _, phase2, *_ = _train(cfg, cache=tight)
