@@ -15,8 +15,10 @@ stderr (no traceback), which names the log.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import time
 
 from pipeline import configs, console
@@ -88,8 +90,21 @@ def run(config: configs.PipelineConfig) -> None:
         config, beam_pipeline_args=config.beam_args(),
         metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path), module_files=False)
-    with tfx_sdist.skipped_for_direct_runner():
+    with tfx_sdist.skipped_for_direct_runner(), own_argv_only():
         tfx.orchestration.LocalDagRunner().run(pipeline)
+
+
+@contextlib.contextmanager
+def own_argv_only():
+    """sys.argv without graft's flags while the pipeline runs: absl parses sys.argv again
+    with the Beam pipeline's arguments after it, and absl's `-v` (--verbosity) then took
+    `graft run -v`'s next word, a Beam flag, as its value: ImportExampleGen failed with
+    "invalid literal for int() ... '--direct_running_mode=in_memory'"."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 def main(args) -> int:
