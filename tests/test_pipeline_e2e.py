@@ -191,7 +191,8 @@ def test_identical_rerun_reuses_the_error_analysis_and_the_pixel_baseline(runs):
     """The report's costly results (pipeline/reporting/memo.py): computed during the first
     run by its helper process (pipeline/runners/report_prefetch.py), reused by the identical
     rerun, with the same findings; the floor run's report analyses the Trainer's model
-    (nothing pushed), a different model: computed afresh, also during the run."""
+    (nothing pushed): the cached Trainer's, whose copy the first run pushed, so the same
+    contents (components/savedmodel_fingerprint.py): reused too."""
     import re
     pattern = r"(\d+ of \d+ test images misclassified by the \w+ model)[^;]*; [\d.]+ s([^<]*)<"
     first = re.search(pattern, runs["report_first"])
@@ -202,7 +203,7 @@ def test_identical_rerun_reuses_the_error_analysis_and_the_pixel_baseline(runs):
     assert second.group(2) == ", reused from an earlier run on the same model and images."
     floor = re.search(pattern, (runs["out"] / "report.html").read_text())
     assert "by the trained model" in floor.group(1)
-    assert floor.group(2) == ", computed while the pipeline ran."
+    assert floor.group(2) == ", reused from an earlier run on the same model and images."
     baseline = "pixel baseline: logistic regression"
     line = [ln for ln in runs["first"].stdout.splitlines() if baseline in ln]
     assert line and line == [ln for ln in runs["second"].stdout.splitlines() if baseline in ln]

@@ -62,10 +62,23 @@ def test_file_identity_changes_with_size_or_mtime(tmp_path):
     os.utime(f, ns=(1, 1))
     assert len({json.dumps(x) for x in (first, second, memo.files_identity([str(f)]))}) == 3
     assert memo.files_identity([str(tmp_path / "missing")]) == [[str(tmp_path / "missing")]]
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "b").write_bytes(b"x")
-    assert [p for p, *_ in memo.tree_identity(str(tmp_path / "d"))] == [
-        str(tmp_path / "d" / "b")]
+
+
+def test_a_pushed_copy_of_a_model_is_the_same_model(tmp_path):
+    """The report cache's model key (components/savedmodel_fingerprint.py): a copy with the
+    push record added and other times is the same model; a changed byte is not."""
+    import shutil
+
+    from components.savedmodel_fingerprint import PUSH_RECORD, fingerprint
+    (tmp_path / "d" / "variables").mkdir(parents=True)
+    (tmp_path / "d" / "saved_model.pb").write_bytes(b"graph")
+    (tmp_path / "d" / "variables" / "v").write_bytes(b"weights")
+    shutil.copytree(tmp_path / "d", tmp_path / "copy")
+    (tmp_path / "copy" / PUSH_RECORD).write_text("{}")
+    os.utime(tmp_path / "copy" / "saved_model.pb", ns=(1, 1))
+    assert fingerprint(str(tmp_path / "copy")) == fingerprint(str(tmp_path / "d"))
+    (tmp_path / "copy" / "variables" / "v").write_bytes(b"weightz")
+    assert fingerprint(str(tmp_path / "copy")) != fingerprint(str(tmp_path / "d"))
 
 
 def test_source_digest_follows_the_code(tmp_path):

@@ -17,7 +17,6 @@ does not hold it); temporaries of pushers that died are removed then. On other f
 (gs://, ...) a rename that finds the version taken is retried with the next number.
 """
 
-import hashlib
 import json
 import os
 import time
@@ -28,26 +27,10 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
-PUSH_RECORD = "graft_push.json"
+from components.savedmodel_fingerprint import PUSH_RECORD, fingerprint
+
 LOCK_FILE = ".graft_push.lock"
 _RENAME_ATTEMPTS = 20
-
-
-def fingerprint(model_dir: str) -> str:
-    """sha256 over the relative names and bytes of every file of a SavedModel."""
-    h = hashlib.sha256()
-    files = []
-    for root, _, names in tf.io.gfile.walk(model_dir):
-        for name in names:
-            full = os.path.join(root, name)
-            files.append((os.path.relpath(full, model_dir), full))
-    for rel, full in sorted(files):
-        if rel in (PUSH_RECORD, "fingerprint.pb"):
-            continue
-        h.update(rel.encode() + b"\0")
-        with tf.io.gfile.GFile(full, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
 
 
 def _numeric_dirs(base_dir: str) -> list[int]:

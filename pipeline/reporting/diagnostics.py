@@ -233,8 +233,11 @@ def error_analysis(store, executions: dict, config, push: dict,
         train = read_examples(train_files, t.image_key, t.label_key)
         return analyse(model_dir, split, scored, train, list(t.label_names))
 
+    # The model by its contents: the Trainer's analysed while the pipeline runs is the
+    # pushed copy's (report_prefetch).
+    from components.savedmodel_fingerprint import fingerprint
     from pipeline.reporting import memo
-    key = {"model": memo.tree_identity(model_dir), "scored": memo.files_identity(scored_files),
+    key = {"model": fingerprint(model_dir), "scored": memo.files_identity(scored_files),
            "train": memo.files_identity(train_files), "split": split,
            "keys": [t.image_key, t.label_key], "labels": list(t.label_names),
            "code": memo.source_digest(__file__)}

@@ -6,7 +6,8 @@ although for a rerun with every component cached nothing they read had changed: 
 rerun of flowers-dev took 17.4 s, 9.0-9.3 s with this cache (quiet 2-core machine).
 `cached()` keeps each result as OUTPUT/.report-cache/NAME-DIGEST.json, the digest over a key
 of the inputs' identities (path, size and modification time of every file read: a rewritten
-file is a new key without reading it) and the source of the module that computes it (a new
+file is a new key without reading it; a model by its contents, so that its pushed copy is
+the same model) and the source of the module that computes it (a new
 graft computes afresh). One file per NAME is kept. The cache can only cost the
 recomputation: an unreadable entry is recomputed, a failed write is ignored.
 Each entry records when it was computed: `graft run` computes both results in a helper
@@ -36,12 +37,6 @@ def files_identity(paths) -> list:
         except OSError:
             out.append([path])
     return out
-
-
-def tree_identity(directory: str) -> list:
-    """files_identity() of every file under a directory (a SavedModel)."""
-    return files_identity(os.path.join(root, name) for root, _, names in os.walk(directory)
-                          for name in names)
 
 
 def source_digest(path: str) -> str:

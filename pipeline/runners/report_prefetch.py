@@ -4,14 +4,18 @@ After its last component `graft run` spent ~8 s on two sections of the report: t
 analysis (the served model scores the test and training images, pipeline/reporting/
 diagnostics.py) and the pixel baseline (pipeline/reporting/pixel_baseline.py). Their inputs
 exist well before the end: the pixel baseline needs only the span ImportExampleGen read, the
-error analysis the model VersionedPusher pushed. And one of the two cores idles meanwhile:
-graft's own start-up imports, Beam's in-memory components and TFLiteExport run mostly on one.
+error analysis the model the Trainer wrote (VersionedPusher pushes a copy of it, and the
+report cache knows a model by its contents, components/savedmodel_fingerprint.py). And one
+of the two cores idles meanwhile: graft's own start-up imports, Beam's in-memory
+components and TFLiteExport run mostly on one.
 So `graft run` starts a helper process (`python -m pipeline.runners.report_prefetch`, a
 plain subprocess: it imports TensorFlow while graft imports TFX, and unlike a
 multiprocessing child it never re-runs the caller's main script), and the Follower's
 `on_finish` hands it each section as soon as its input exists:
-the pixel baseline when ImportExampleGen finishes, the error analysis when VersionedPusher
-does. The helper computes them exactly as the report would (the same functions, so the same
+the pixel baseline when ImportExampleGen finishes, the error analysis when the Trainer does
+(thirteenth session; until then when VersionedPusher did, and on flowers-dev it ended ~5 s
+after the pipeline: the helper, niced, got little of the machine while TFLiteExport ran).
+The helper computes them exactly as the report would (the same functions, so the same
 report-cache key, pipeline/reporting/memo.py) and leaves them in the report cache; `finish()`
 waits for it, then finds them there, marked `precomputed` (computed since the run started).
 
@@ -158,7 +162,7 @@ class Prefetch:
                 span = mlmd.span(examples) if examples is not None else None
                 if span is not None:
                     self.submit("pixel_baseline", span)
-            elif node == "VersionedPusher":
+            elif node == "Trainer":
                 self.submit("error_analysis")
         except Exception:  # noqa: BLE001 - finish() computes what the helper did not
             pass
