@@ -206,11 +206,13 @@ def main() -> int:
             - summary["seed_nocache"]["accuracy"]["mean"]), 1)
         result["wall_ratio_mean"] = round(summary["default"]["wall_seconds"]["mean"]
                                           / summary["seed_nocache"]["wall_seconds"]["mean"], 2)
-    if "seed_nocache" in arms and "seed_cache" in arms:
+    first = "" if not args.seeds else "@%d" % args.seeds[0]  # seeded runs: the first seed's
+    nocache, cache, default = ("seed_nocache" + first, "seed_cache" + first,
+                               "default" + first)
+    if nocache in arms and cache in arms:
         result["cache_speedup_trainer"] = round(
-            arms["seed_nocache"]["component_seconds"]["Trainer"]
-            / arms["seed_cache"]["component_seconds"]["Trainer"], 2)
-    default = "default" if not args.seeds else "default@%d" % args.seeds[0]
+            arms[nocache]["component_seconds"]["Trainer"]
+            / arms[cache]["component_seconds"]["Trainer"], 2)
     if default in arms and "plain" in arms:  # plain Keras ran with the first seed
         result.update(plain_ratios(arms[default], arms["plain"]))
     if "default" in arms and "seed_nocache" in arms:
