@@ -56,23 +56,31 @@ ARMS = {
 }
 
 
+def arm_key(name: str, seed=None) -> str:
+    """An arm's key in the results: NAME, or NAME@SEED for a run with `graft run --seed`."""
+    return name if seed is None else "%s@%d" % (name, seed)
+
+
+def seed_flags(seed=None) -> list:
+    return [] if seed is None else ["--seed", str(seed)]
+
+
+def _spread(values: list, digits: int) -> dict:
+    return {"mean": round(sum(values) / len(values), digits), "min": min(values),
+            "max": max(values), "each": values}
+
+
 def seed_summary(arms: dict) -> dict:
     """ARM@SEED results -> {ARM: {seeds, accuracy mean/min/max, wall seconds mean/min/max}}."""
     grouped = {}
     for key, arm in arms.items():
         if "@" in key:
-            name, seed = key.split("@")
+            name, seed = key.rsplit("@", 1)
             grouped.setdefault(name, []).append((int(seed), arm))
-    out = {}
-    for name, runs in grouped.items():
-        acc = [a["evaluator_accuracy"] for _, a in runs]
-        wall = [a["pipeline"]["seconds"] for _, a in runs]
-        out[name] = {"seeds": [s for s, _ in runs],
-                     "accuracy": {"mean": round(sum(acc) / len(acc), 4),
-                                  "min": min(acc), "max": max(acc), "each": acc},
-                     "wall_seconds": {"mean": round(sum(wall) / len(wall), 1),
-                                      "min": min(wall), "max": max(wall), "each": wall}}
-    return out
+    return {name: {"seeds": [s for s, _ in runs],
+                   "accuracy": _spread([a["evaluator_accuracy"] for _, a in runs], 4),
+                   "wall_seconds": _spread([a["pipeline"]["seconds"] for _, a in runs], 1)}
+            for name, runs in grouped.items()}
 
 
 def run_arm(name: str, flags: list, data: Path, work: Path, beam_mode: str) -> dict:
@@ -179,25 +187,24 @@ def main() -> int:
     runs = [(name, None) for name in args.arms] if not args.seeds else \
         [(name, None) for name in args.arms if name == "plain"] + \
         [(name, seed) for seed in args.seeds for name in args.arms if name != "plain"]
+    first = args.seeds[0] if args.seeds else None  # plain Keras runs with the first seed
     for name, seed in runs:
+        key = arm_key(name, seed)
         if name == "plain":
             shutil.rmtree(work / "plain_model", ignore_errors=True)
             plain = common.run_measured([sys.executable, "-m", "bench.plain_keras", "--data",
                                          str(data), "--json", str(work / "plain.json"),
                                          "--save", str(work / "plain_model"),
-                                         *(["--seed", str(args.seeds[0])] if args.seeds
-                                           else [])],
+                                         *seed_flags(first)],
                                         work / "plain.log")
             result["arms"]["plain"] = dict(plain, **json.loads((work / "plain.json").read_text()))
         else:
-            key = name if seed is None else "%s@%d" % (name, seed)
-            flags = ARMS[name] + ([] if seed is None else ["--seed", str(seed)])
-            result["arms"][key] = run_arm(key, flags, data, work, args.beam_mode)
-            name = key
+            result["arms"][key] = run_arm(key, ARMS[name] + seed_flags(seed), data, work,
+                                          args.beam_mode)
         if args.seeds:
             result["seed_summary"] = seed_summary(result["arms"])
         common.write_json(args.out, result)
-        print("%s done: %s" % (name, json.dumps(result["arms"][name])[:400]), flush=True)
+        print("%s done: %s" % (key, json.dumps(result["arms"][key])[:400]), flush=True)
     arms = result["arms"]
     summary = result.get("seed_summary") or {}
     if "default" in summary and "seed_nocache" in summary:
@@ -206,9 +213,9 @@ def main() -> int:
             - summary["seed_nocache"]["accuracy"]["mean"]), 1)
         result["wall_ratio_mean"] = round(summary["default"]["wall_seconds"]["mean"]
                                           / summary["seed_nocache"]["wall_seconds"]["mean"], 2)
-    first = "" if not args.seeds else "@%d" % args.seeds[0]  # seeded runs: the first seed's
-    nocache, cache, default = ("seed_nocache" + first, "seed_cache" + first,
-                               "default" + first)
+    # Seeded runs: the first seed's arms.
+    nocache, cache, default = (arm_key(n, first) for n in ("seed_nocache", "seed_cache",
+                                                            "default"))
     if nocache in arms and cache in arms:
         result["cache_speedup_trainer"] = round(
             arms[nocache]["component_seconds"]["Trainer"]

@@ -65,9 +65,8 @@ def extract(extractor, ds: tf.data.Dataset, flip: bool = False, forward=None,
     forward_fn of a FrozenSplit's bottom, `forward` then that split's rest: phase 2's input is
     its activations, activation_dtype [N, views, ...] (views: the original, the flip, then
     `augmented` copies through dataset.augment, each drawn anew: activations only, no
-    features); else
-    with keep_images the images themselves, IMAGE_DTYPE [N, S, S, 3] (the originals: phase 2
-    augments them). Kept while their bytes stay within budget_bytes, else
+    features); else with keep_images the images themselves, IMAGE_DTYPE [N, S, S, 3] (the
+    originals: phase 2 augments them). Kept while their bytes stay within budget_bytes, else
     (and with neither) None."""
     forward = forward or forward_fn(extractor)
     views, labels, size = [], [], 0
