@@ -29,7 +29,10 @@ memory of the process tree (PSS).
 Writes bench/results/pipeline_flowers.json (or --out) and prints a markdown table.
 
     .venv/bin/python -m bench.pipeline_flowers [--data IMAGES_DIR] [--work DIR] [--arms ...]
-        [--seeds 1 2 3]
+        [--seeds 1 2 3] [--copies K]
+
+`--copies K` (bench/scale_records.py) times the pipeline at K times the data: each split's
+records written K times, altered; its accuracies are only a check that training ran.
 """
 from __future__ import annotations
 
@@ -163,6 +166,9 @@ def main() -> int:
     p.add_argument("--split-args", default="",
                    help="extra `graft make-tfrecords` flags, e.g. '--eval-fraction 0.2 "
                    "--test-fraction 0' (the 80/20 split of before the test split)")
+    p.add_argument("--copies", type=int, default=1,
+                   help="timing at a larger scale: every record of each split written this "
+                   "many times, altered (bench/scale_records.py; accuracy then means nothing)")
     p.add_argument("--seeds", nargs="+", type=int, default=[],
                    help="run each graft run arm once per training seed (graft run --seed; "
                    "default: once, the config's seed)")
@@ -178,11 +184,16 @@ def main() -> int:
     conv = common.run_measured([sys.executable, "-m", "pipeline.cli", "make-tfrecords",
                                 str(images), str(data), *args.split_args.split()],
                                work / "make_tfrecords.log")
+    copies = None
+    if args.copies > 1:
+        from bench import scale_records
+        copies = scale_records.scale(str(data), args.copies)
     result = {"machine": common.machine(), "data": str(images),
               "command": " ".join(["python -m bench.pipeline_flowers"] + sys.argv[1:]),
               "beam_mode": args.beam_mode, "make_tfrecords_seconds": conv["seconds"],
               "split": [line.strip() for line in (work / "make_tfrecords.log").read_text()
                         .splitlines() if line.strip().startswith(("label", "total"))],
+              **({"copies": args.copies, "records_after_copies": copies} if copies else {}),
               "arms": {}}
     runs = [(name, None) for name in args.arms] if not args.seeds else \
         [(name, None) for name in args.arms if name == "plain"] + \
