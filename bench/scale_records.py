@@ -1,6 +1,6 @@
 """A data set K times larger for timing runs: each record of each split of a `graft
 make-tfrecords` span written K times, copies 2..K altered (flipped and/or cropped, re-encoded
-as JPEG) so that no two records hold the same image bytes.
+as JPEG) so that no two copies of a record hold the same image bytes.
 
 For wall-time measurements at a scale the shared data does not reach (#11's held-out
 flowers split: 2,934 training and 736 held-out photos; flowers-dev x4 gives 2,844 / 564 /
@@ -37,8 +37,8 @@ def variant(image: bytes, copy: int) -> bytes:
 def scale(data_dir: str, copies: int, span: int = 1) -> dict:
     """Rewrites DATA_DIR/span-N/<split>/ in place with `copies` records per record (all the
     originals first, then every first copy, ...: a photo's copies are not adjacent); returns
-    {split: records written}. The span's conversion.json (make-tfrecords' duplicate report)
-    is removed: it describes the original files."""
+    {split: records}. The span's conversion.json (make-tfrecords' duplicate report) is
+    removed: it describes the original files. copies=1 leaves the files as they are."""
     if copies < 1:
         raise ValueError("copies must be >= 1, got %d" % copies)
     span_dir = os.path.join(data_dir, "span-%d" % span)
@@ -48,6 +48,9 @@ def scale(data_dir: str, copies: int, span: int = 1) -> dict:
         if not shards:
             continue
         records = [r.numpy() for r in tf.data.TFRecordDataset(shards)]
+        if copies == 1:
+            counts[split] = len(records)
+            continue
         writers = [tf.io.TFRecordWriter(path + ".tmp") for path in shards]
         n = 0
         for copy in range(copies):
@@ -68,7 +71,7 @@ def scale(data_dir: str, copies: int, span: int = 1) -> dict:
             os.replace(path + ".tmp", path)
         counts[split] = n
     summary = os.path.join(span_dir, "conversion.json")
-    if os.path.exists(summary):
+    if copies > 1 and os.path.exists(summary):
         os.remove(summary)
     return counts
 
