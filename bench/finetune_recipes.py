@@ -342,7 +342,7 @@ def phase2(recipe, backbone, head, x_tr, y_tr, x_ev, y_ev, n_classes, seed, epoc
         ds = (tf.data.Dataset.from_tensor_slices((x_tr, labels(y_tr)))
               .shuffle(len(x_tr), seed=seed, reshuffle_each_iteration=True)
               .batch(BATCH).map(prep, num_parallel_calls=tf.data.AUTOTUNE)
-              .map(lambda x, y: (dataset.augment(x, backbone.value_range, seed), y),
+              .map(lambda x, y: (dataset.augment(x, backbone.value_range), y),
                    num_parallel_calls=tf.data.AUTOTUNE))
         if size != SIZE:
             ds = ds.map(lambda x, y: (tf.image.resize(x, (size, size), antialias=True), y),

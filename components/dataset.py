@@ -122,7 +122,7 @@ def augmented(ds: tf.data.Dataset, training: bool, cfg: TrainingConfig,
     cfg.augment; otherwise `ds` itself."""
     if not (training and cfg.augment):
         return ds
-    return ds.map(lambda x, y: (augment(x, value_range, cfg.seed), y),
+    return ds.map(lambda x, y: (augment(x, value_range), y),
                   num_parallel_calls=AUTOTUNE)
 
 
@@ -133,11 +133,12 @@ def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.prefetch(AUTOTUNE).with_options(options)
 
 
-def augment(images: tf.Tensor, value_range=(0.0, 255.0), seed: int = 42,
-            per_image: bool = False) -> tf.Tensor:
+def augment(images: tf.Tensor, value_range=(0.0, 255.0), per_image: bool = False) -> tf.Tensor:
     """Random horizontal flip, crop of 85-100 % resized back, brightness +-10 % of the range.
     The crop's size and offset are drawn once per batch, or per image with `per_image`
-    (tf.image.crop_and_resize: bilinear, as tf.image.resize)."""
+    (tf.image.crop_and_resize: bilinear, as tf.image.resize). The draws come from TensorFlow's
+    global random state, which tf_keras.utils.set_random_seed(cfg.seed) fixes when training
+    starts."""
     lo, hi = float(value_range[0]), float(value_range[1])
     size = tf.shape(images)[1:3]
     batch = tf.shape(images)[0]
