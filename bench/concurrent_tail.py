@@ -121,10 +121,15 @@ def _child(args) -> int:
     return 0
 
 
-def _run_child(cmd: list, log) -> dict:
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
-    return json.loads(next(line for line in proc.stdout.splitlines()
+def _result(stdout: str) -> dict:
+    """A child's RESULT line."""
+    return json.loads(next(line for line in stdout.splitlines()
                            if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def _run_child(cmd: list, log) -> dict:
+    return _result(subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                  check=True).stdout)
 
 
 def main() -> int:
@@ -157,9 +162,7 @@ def main() -> int:
             open(go, "w").close()
             outs = {}
             for name, proc in procs.items():
-                stdout, _ = proc.communicate()
-                outs[name] = json.loads(next(line for line in stdout.splitlines()
-                                             if line.startswith("RESULT "))[len("RESULT "):])
+                outs[name] = _result(proc.communicate()[0])
         result["processes"] = {name: o[name] for name, o in outs.items()}
         result["processes"]["wall"] = round(max(o["end"] for o in outs.values()) - start, 1)
         print("processes", result["processes"], flush=True)
