@@ -58,10 +58,10 @@ def _padded_png(total: int) -> bytes:
     return png[:33] + chunk + png[33:]     # after the 8-byte signature and the IHDR chunk
 
 
-def _start(tmp_path_factory, name: str, *extra: str, variant: int = 1):
+def _start(tmp_path_factory, name: str, *extra: str, variant: int = 1, busy_steps: int = 0):
     root = tmp_path_factory.mktemp(name)
     base = root / MODEL
-    toy_model.push(str(base), 1, variant)
+    toy_model.push(str(base), 1, variant, busy_steps)
     port = abuse.free_port()
     log = root / "server.log"
     proc, _ = common.start_server(str(base), MODEL, port, str(log), extra)
@@ -269,22 +269,43 @@ def test_flood_gets_resource_exhausted_instead_of_an_unbounded_queue(tight):
     assert abuse.call(tight.stub, _good(), 30)[0] == "OK"
 
 
-def test_expired_calls_stop_before_the_model_runs(tight):
-    batch = _slow_batch()
-    t0 = time.perf_counter()
-    assert abuse.call(tight.stub, batch, 60)[0] == "OK"
-    one_batch = time.perf_counter() - t0
-    log_before = tight.log.read_text().count("Predict not run")
-    results = abuse.concurrent_calls(tight.port, [batch] * 4, one_batch / 2)
-    assert [r[0] for r in results] == ["DEADLINE_EXCEEDED"] * 4
-    status, next_seconds, _ = abuse.call(tight.stub, _good(), 30)
-    assert status == "OK"
+@pytest.fixture
+def slow(tmp_path_factory):
+    """One run slot, a long queue, and a model that takes ~1 s a call on a quiet machine
+    (toy_model's busy_steps): long against thread and scheduling jitter. With the tight
+    server's batch of 16 one-megapixel images a run took 62 ms here, and with half of that as
+    the deadline a waiting call could start after the running one had finished, and run: the
+    test's premise failed on a loaded CI machine."""
+    ns = _start(tmp_path_factory, "abuse-slow", "--max-concurrent-requests", "8",
+                "--max-concurrent-runs", "1", "--queue-timeout", "60", busy_steps=SLOW_STEPS)
+    yield ns
+    _stop(ns)
+
+
+SLOW_STEPS = 700
+
+
+def test_expired_calls_stop_before_the_model_runs(slow):
+    one_call = min(_timed_call(slow) for _ in range(2))
+    log_before = slow.log.read_text().count("Predict not run")
+    # One call gets the slot and runs past its deadline (a quarter of the fastest call seen:
+    # the machine may get faster between the two); the other three wait for the slot and
+    # their deadlines pass first.
+    results = abuse.concurrent_calls(slow.port, [_good()] * 4, one_call / 4)
+    assert [r[0] for r in results] == ["DEADLINE_EXCEEDED"] * 4, results
+    # The queue (60 s) lets the next call wait for the running one instead of being refused.
+    assert abuse.call(slow.stub, _good(), 120)[0] == "OK"
     time.sleep(0.5)
-    dropped = tight.log.read_text().count("Predict not run") - log_before
-    # One batch was already running when the deadline passed; the 3 waiting ones never ran.
-    assert dropped >= 2, tight.log.read_text()[-2000:]
-    # The old server ran all four expired batches at once before this call (>= 4 batches).
-    assert next_seconds < 3 * one_batch, (next_seconds, one_batch)
+    # The three waiting calls were stopped before the model ran (a server that ran expired
+    # calls logs none). No timing bound: a loaded CI machine makes any one flaky.
+    dropped = slow.log.read_text().count("Predict not run") - log_before
+    assert dropped == 3, slow.log.read_text()[-2000:]
+
+
+def _timed_call(ns) -> float:
+    t0 = time.perf_counter()
+    assert abuse.call(ns.stub, _good(), 120)[0] == "OK"
+    return time.perf_counter() - t0
 
 
 def test_version_dir_completed_after_a_failed_load_is_loaded(tmp_path):

@@ -10,7 +10,10 @@ layer over the mean colour (scaled to 0..1) gives softmax probabilities over red
 Variant 1 maps red->red, variant 2 permutes the classes (red->green...), so a hot swap is
 observable. Two more signatures take serialized tf.Examples (feature 'image'), as graft's
 models do: `serve_tf_examples` -> `probabilities`, `transform_features` -> the decoded, resized
-`image_xf` (float32 [None, 16, 16, 3]).
+`image_xf` (float32 [None, 16, 16, 3]). `busy_steps` > 0 makes every call of
+`serving_default` also chain that many 512 x 512 matrix products seeded by the request (a
+model that takes long to run, whatever the request: for the deadline tests; the outputs are
+unchanged).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def _weights(variant: int):
     return w, bias
 
 
-def build(export_dir: str, variant: int = 1) -> str:
+def build(export_dir: str, variant: int = 1, busy_steps: int = 0) -> str:
     """Write the toy SavedModel to export_dir (which must not exist)."""
     import tensorflow as tf
 
@@ -57,9 +60,21 @@ def build(export_dir: str, variant: int = 1) -> str:
             mean = tf.reduce_mean(pixels, axis=[1, 2]) / 255.0
             return tf.nn.softmax(tf.matmul(mean, self.w) + self.b)
 
+        def _busy(self, image_bytes):
+            """0.0, after busy_steps matrix products that depend on the request (so that
+            nothing folds them away)."""
+            seed = tf.cast(tf.strings.length(image_bytes[0]), tf.float32) * 1e-9
+            x0 = tf.fill([512, 512], seed) + tf.eye(512)
+            _, x = tf.while_loop(lambda i, x: i < busy_steps,
+                                 lambda i, x: (i + 1, tf.tanh(tf.matmul(x, x0))),
+                                 (tf.constant(0), x0))
+            return 0.0 * tf.reduce_min(x)
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
             probs = self._probs(image_bytes)
+            if busy_steps:
+                probs += self._busy(image_bytes)
             index = tf.argmax(probs, axis=-1)
             return {"probabilities": probs, "class_index": index,
                     "class_name": tf.gather(self.names, index),
@@ -85,11 +100,12 @@ def build(export_dir: str, variant: int = 1) -> str:
     return export_dir
 
 
-def push(base_path: str, version: int, variant: int | None = None) -> str:
+def push(base_path: str, version: int, variant: int | None = None,
+         busy_steps: int = 0) -> str:
     """Build into a non-numeric temp dir under base_path, then rename it to <version>."""
     os.makedirs(base_path, exist_ok=True)
     tmp = os.path.join(base_path, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
-    build(tmp, variant if variant is not None else version)
+    build(tmp, variant if variant is not None else version, busy_steps)
     final = os.path.join(base_path, str(version))
     os.rename(tmp, final)
     return final
