@@ -96,10 +96,14 @@ def server(tmp_path_factory):
     _stop(ns)
 
 
+# toy_model's busy_steps for a model that takes ~1 s a call on a quiet 2-core machine.
+SLOW_STEPS = 700
+
+
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
     ns = _start(tmp_path_factory, "abuse-tight", "--max-concurrent-requests", "4",
-                "--max-concurrent-runs", "1", "--queue-timeout", "0.5")
+                "--max-concurrent-runs", "1", "--queue-timeout", "0.5", busy_steps=SLOW_STEPS)
     yield ns
     _stop(ns)
 
@@ -251,13 +255,9 @@ def test_whole_bomb_suite_keeps_the_server_small(server):
     assert server.proc.poll() is None
 
 
-def _slow_batch(n=16):
-    return abuse.request(MODEL, abuse.string_tensor([abuse.jpeg(1000, 1000, s)
-                                                     for s in range(n)]))
-
-
 def test_flood_gets_resource_exhausted_instead_of_an_unbounded_queue(tight):
-    results = abuse.concurrent_calls(tight.port, [_slow_batch()] * 16, 60)
+    # Each call runs ~1 s (busy_steps), so the 16 overlap however the threads are scheduled.
+    results = abuse.concurrent_calls(tight.port, [_good()] * 16, 60)
     statuses = [r[0] for r in results]
     refused = [r for r in results if r[0] == "RESOURCE_EXHAUSTED"]
     assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, results
@@ -272,17 +272,14 @@ def test_flood_gets_resource_exhausted_instead_of_an_unbounded_queue(tight):
 @pytest.fixture
 def slow(tmp_path_factory):
     """One run slot, a long queue, and a model that takes ~1 s a call on a quiet machine
-    (toy_model's busy_steps): long against thread and scheduling jitter. With the tight
-    server's batch of 16 one-megapixel images a run took 62 ms here, and with half of that as
+    (toy_model's busy_steps): long against thread and scheduling jitter. Before, the plain
+    toy model ran a batch of 16 one-megapixel images in 62 ms here, and with half of that as
     the deadline a waiting call could start after the running one had finished, and run: the
     test's premise failed on a loaded CI machine."""
     ns = _start(tmp_path_factory, "abuse-slow", "--max-concurrent-requests", "8",
                 "--max-concurrent-runs", "1", "--queue-timeout", "60", busy_steps=SLOW_STEPS)
     yield ns
     _stop(ns)
-
-
-SLOW_STEPS = 700
 
 
 def test_expired_calls_stop_before_the_model_runs(slow):
