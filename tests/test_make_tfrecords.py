@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import os
@@ -14,16 +13,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 from PIL import Image  # noqa: E402
+from span_records import splits as _splits  # noqa: E402
 
 from pipeline.data import demo_dataset, make_tfrecords  # noqa: E402
 from pipeline.data.make_tfrecords import ConversionError, convert  # noqa: E402
-
-FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-    "label_text": tf.io.FixedLenFeature([], tf.string),
-    "filename": tf.io.FixedLenFeature([], tf.string),
-}
 
 
 def _encode(mode: str, fmt: str, size=(12, 10), seed: int = 0) -> bytes:
@@ -60,17 +53,6 @@ def images(tmp_path: Path) -> Path:
     (root / "cats" / ".DS_Store").write_bytes(b"\0junk")  # ignored silently
     (root / "LICENSE.txt").write_text("CC BY 2.0")  # loose top-level file: ignored
     return root
-
-
-def _read(paths) -> list[dict]:
-    ds = tf.data.TFRecordDataset(sorted(paths)).map(
-        lambda r: tf.io.parse_single_example(r, FEATURES))
-    return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
-
-
-def _splits(out: Path, span: int = 1) -> dict[str, list[dict]]:
-    return {s: _read(glob.glob(str(out / f"span-{span}" / s / "*")))
-            for s in make_tfrecords.SPLITS if (out / f"span-{span}" / s).is_dir()}
 
 
 def test_convert_counts_layout_and_roundtrip(images: Path, tmp_path: Path):

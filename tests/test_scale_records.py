@@ -13,14 +13,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
+import span_records  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import scale_records  # noqa: E402
 from pipeline.data import make_tfrecords  # noqa: E402
-
-FEATURES = {"image": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature([], tf.int64),
-            "filename": tf.io.FixedLenFeature([], tf.string)}
 
 
 @pytest.fixture
@@ -36,26 +33,14 @@ def images(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
-def _splits(out: Path) -> dict:
-    """{split: [{image, label, filename}, ...]} of span-1."""
-    found = {}
-    for split in ("train", "eval", "test"):
-        files = sorted(glob.glob(str(out / "span-1" / split / "*")))
-        if files:
-            ds = tf.data.TFRecordDataset(files).map(
-                lambda r: tf.io.parse_single_example(r, FEATURES))
-            found[split] = [{k: v.numpy() for k, v in ex.items()} for ex in ds]
-    return found
-
-
 def test_copies_stay_in_their_split_with_their_label_and_differ(images, tmp_path):
     out = tmp_path / "records"
     make_tfrecords.convert(str(images), str(out), eval_fraction=0.25, test_fraction=0.25,
                            log=lambda _: None)
-    before = _splits(out)
+    before = span_records.splits(out)
     counts = scale_records.scale(str(out), 3)
 
-    after = _splits(out)
+    after = span_records.splits(out)
     assert counts == {s: 3 * len(r) for s, r in before.items()}
     assert not (out / "span-1" / "conversion.json").exists()
     for split, records in before.items():
@@ -76,9 +61,9 @@ def test_copies_stay_in_their_split_with_their_label_and_differ(images, tmp_path
 def test_one_copy_is_the_data_itself_and_zero_is_refused(images, tmp_path):
     out = tmp_path / "records"
     make_tfrecords.convert(str(images), str(out), log=lambda _: None)
-    before = _splits(out)
+    before = span_records.splits(out)
     assert scale_records.scale(str(out), 1) == {s: len(r) for s, r in before.items()}
-    assert _splits(out) == before
+    assert span_records.splits(out) == before
     assert (out / "span-1" / "conversion.json").exists()
     with pytest.raises(ValueError, match="copies must be >= 1"):
         scale_records.scale(str(out), 0)
