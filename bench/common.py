@@ -126,6 +126,23 @@ def flowers_tfrecords(work: Path) -> Path:
     return data
 
 
+def newest(pattern: str) -> str:
+    """The most recently modified path matching PATTERN (a finished run's newest artifact)."""
+    import glob
+    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if not found:
+        raise SystemExit("error: nothing matches %s" % pattern)
+    return found[-1]
+
+
+def run_label_names(run: str, data: str = "") -> list:
+    """The class names of a `graft run` output directory's data: DATA's labels.txt, by
+    default RUN/../tfrecords (where bench.pipeline_flowers converts the images)."""
+    from pipeline import configs
+    return configs.read_label_names(
+        data or os.path.join(os.path.dirname(os.path.abspath(run)), "tfrecords"))
+
+
 def component_windows(metadata_path) -> dict:
     """{node: (start, end)} in unix seconds of each pipeline node's execution in the last run,
     from ML Metadata."""

@@ -10,12 +10,12 @@ the same work three ways, each in fresh processes after the imports:
 - `threads`: the two in two threads of one process (what a threaded local runner would do);
 - `processes`: each in its own process, both started together once both have imported.
 
-    .venv/bin/python -m bench.concurrent_tail --run OUTPUT_DIR [--out concurrent_tail.json]
+    .venv/bin/python -m bench.concurrent_tail --run OUTPUT_DIR [--data TFRECORDS_DIR]
+        [--out concurrent_tail.json]
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -27,20 +27,12 @@ import time
 import components  # noqa: F401 - the Keras choice, made before TensorFlow is imported
 from bench import common
 
-LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-
 
 def _inputs(run: str) -> tuple[str, str]:
-    root = os.path.join(run, "pipeline_root") if os.path.isdir(
-        os.path.join(run, "pipeline_root")) else run
-    model = sorted(glob.glob(os.path.join(root, "Trainer", "model", "*")), key=_execution)[-1]
-    examples = sorted(glob.glob(os.path.join(root, "ImageCheck", "cleaned_examples", "*")),
-                      key=_execution)[-1]
-    return model, examples
-
-
-def _execution(path: str) -> int:
-    return int(os.path.basename(path))
+    """The run's newest Trainer model and ImageCheck examples (artifact directories)."""
+    root = os.path.join(run, "pipeline_root")
+    return (common.newest(os.path.join(root, "Trainer", "model", "[0-9]*")),
+            common.newest(os.path.join(root, "ImageCheck", "cleaned_examples", "[0-9]*")))
 
 
 def _config(labels):
@@ -135,7 +127,9 @@ def _run_child(cmd: list, log) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a finished graft run's output directory")
-    p.add_argument("--labels", default=",".join(LABELS))
+    p.add_argument("--data", default="", help="the directory with labels.txt (default: "
+                   "RUN/../tfrecords, where bench.pipeline_flowers writes them)")
+    p.add_argument("--labels", default="", help=argparse.SUPPRESS)
     p.add_argument("--out", default="concurrent_tail.json")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--go", default="", help=argparse.SUPPRESS)
@@ -143,7 +137,7 @@ def main() -> int:
     if args.child:
         return _child(args)
     me = [sys.executable, "-m", "bench.concurrent_tail", "--run", args.run,
-          "--labels", args.labels]
+          "--labels", ",".join(common.run_label_names(args.run, args.data))]
     result = {"machine": common.machine(), "run": args.run,
               "command": " ".join(["python -m bench.concurrent_tail"] + sys.argv[1:])}
     with open(os.devnull, "w") as log:

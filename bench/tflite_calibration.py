@@ -18,20 +18,12 @@ directory, replaced when measured again).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
 import time
 
 import numpy as np
-
-
-def _newest(pattern: str) -> str:
-    found = sorted(glob.glob(pattern), key=os.path.getmtime)
-    if not found:
-        raise SystemExit("error: nothing matches %s" % pattern)
-    return found[-1]
 
 
 def main(argv=None) -> int:
@@ -48,20 +40,18 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from bench.common import RESULTS, machine, write_json
+    from bench.common import RESULTS, machine, newest, run_label_names, write_json
     from components.backbones import registry
     from components.custom import tflite
     from components.training_config import TrainingConfig
-    from pipeline import configs
     from pipeline.reporting.diagnostics import score, split_files
 
-    model_dir = os.path.dirname(_newest(os.path.join(args.run, "serving", "*", "[0-9]*",
+    model_dir = os.path.dirname(newest(os.path.join(args.run, "serving", "*", "[0-9]*",
                                                      "saved_model.pb")))
-    examples = _newest(os.path.join(args.run, "pipeline_root", "ImageCheck", "cleaned_examples",
+    examples = newest(os.path.join(args.run, "pipeline_root", "ImageCheck", "cleaned_examples",
                                     "[0-9]*"))
-    cfg = TrainingConfig(label_names=configs.read_label_names(
-        args.data or os.path.join(os.path.dirname(os.path.abspath(args.run)), "tfrecords")),
-        backbone=args.backbone, image_size=args.image_size)
+    cfg = TrainingConfig(label_names=run_label_names(args.run, args.data),
+                         backbone=args.backbone, image_size=args.image_size)
     size = cfg.input_size()
     backbone = registry.get_backbone(cfg.backbone)
     scored = [e for split in ("eval", "test") for e in tflite.iter_examples(
